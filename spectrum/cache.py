@@ -1,0 +1,120 @@
+"""Scores on disk: `model_snr_results/snr_results_<slug>.json` and its `.meta.json` sidecar.
+
+The scores file is exactly what Axolotl's Spectrum plugin reads: one JSON object of
+`{"<module>": {"snr": <float>, "type": "<type>"}}` and nothing else. Provenance lives in the
+sidecar. Every write goes to a temporary file first and is renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+from .errors import CacheError
+from .naming import slug
+from .scores import ModuleScore, Scores
+
+DEFAULT_CACHE_DIR = "model_snr_results"
+
+
+def scores_path(cache_dir: str, slug_source: str) -> str:
+    """Path of the scores file for a model id or path (Axolotl's slug rule)."""
+    return os.path.join(cache_dir, f"snr_results_{slug(slug_source)}.json")
+
+
+def meta_path(scores_file: str) -> str:
+    """Path of the provenance sidecar beside a scores file."""
+    base = scores_file[: -len(".json")] if scores_file.endswith(".json") else scores_file
+    return base + ".meta.json"
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write `text` to `path` so that readers see the old file or the whole new one, never a part."""
+    directory = os.path.dirname(path) or "."
+    try:
+        os.makedirs(directory, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    except OSError as err:
+        raise CacheError(path, f"cannot write here ({err.strerror}); choose another location") from err
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except OSError as err:
+        raise CacheError(path, f"cannot write ({err.strerror}); the previous file, if any, is unchanged") from err
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def scores_to_json(entries: dict[str, ModuleScore]) -> str:
+    """The scores file's text: module -> {"snr", "type"}, indented like the reference tool's."""
+    payload = {module: {"snr": score.snr, "type": score.type} for module, score in entries.items()}
+    return json.dumps(payload, indent=4) + "\n"
+
+
+def write_scores(path: str, scores: Scores) -> None:
+    """Write the scores file and, when provenance is known, its sidecar."""
+    atomic_write_text(path, scores_to_json(scores.entries))
+    if scores.meta:
+        atomic_write_text(meta_path(path), json.dumps(scores.meta, indent=2, sort_keys=True) + "\n")
+
+
+def parse_scores(text: str, path: str = "<scores>") -> dict[str, ModuleScore]:
+    """Scores from either layout: flat `{module: {"snr", "type"}}` or sorted `{type: {module: snr}}`."""
+    if not text.strip():
+        raise CacheError(path, "scores file is empty; delete it or rerun with --rescan")
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CacheError(path, f"scores file is not valid JSON ({err.msg} at line {err.lineno}); delete it or rerun with --rescan") from err
+    if not isinstance(payload, dict) or not payload:
+        raise CacheError(path, "scores file holds no scores; delete it or rerun with --rescan")
+    entries: dict[str, ModuleScore] = {}
+    for key, value in payload.items():
+        if isinstance(value, dict) and "snr" in value and "type" in value and _is_number(value["snr"]):
+            if not isinstance(value["type"], str):
+                raise CacheError(path, f"entry {key} has a non-text type; delete the file or rerun with --rescan")
+            entries[key] = ModuleScore(float(value["snr"]), value["type"])
+        elif isinstance(value, dict) and all(_is_number(score) for score in value.values()):
+            for module, score in value.items():  # sorted layout: key is the type
+                entries[module] = ModuleScore(float(score), key)
+        else:
+            raise CacheError(
+                path, f"entry {key!r} is neither {{\"snr\": ..., \"type\": ...}} nor {{module: score}}; "
+                "delete the file or rerun with --rescan"
+            )
+    if not entries:
+        raise CacheError(path, "scores file holds no scores; delete it or rerun with --rescan")
+    return entries
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def read_scores(path: str, model: str) -> Scores:
+    """Read a scores file (and its sidecar, if present)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except UnicodeDecodeError as err:
+        raise CacheError(path, "scores file is not UTF-8 text; delete it or rerun with --rescan") from err
+    except OSError as err:
+        raise CacheError(path, f"cannot read scores file ({err.strerror})") from err
+    return Scores(model=model, entries=parse_scores(text, path), meta=read_meta(meta_path(path)))
+
+
+def read_meta(path: str) -> dict:
+    """The sidecar's provenance, or {} when it is missing or unreadable (it is advisory)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            meta = json.load(handle)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+

@@ -1,0 +1,46 @@
+"""Errors that reach the user as one line and an exit code.
+
+Every error the CLI reports on purpose derives from `SpectrumError`; its message
+says what is wrong and what to do, and `exit_code` is what the process returns
+(2 for usage errors, 1 for failures at run time).
+"""
+
+from __future__ import annotations
+
+
+class SpectrumError(Exception):
+    """Base class: a failure with a message meant for the user."""
+
+    exit_code: int = 1
+
+
+class UsageError(SpectrumError):
+    """Raised for invalid arguments or flag combinations (exit code 2)."""
+
+    exit_code = 2
+
+
+class SourceError(SpectrumError):
+    """Raised when the weights cannot be found or fetched (missing path, unknown repo, offline)."""
+
+    def __init__(self, message: str, *, model: str | None = None) -> None:
+        super().__init__(message)
+        self.model = model
+
+
+class CorruptCheckpointError(SpectrumError):
+    """Raised when a weight file is truncated or its header does not describe its bytes."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}; the file is damaged or incomplete, download it again")
+        self.path = path
+        self.reason = reason
+
+
+class CacheError(SpectrumError):
+    """Raised when a scores file cannot be read or written."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason

@@ -1,0 +1,226 @@
+"""A scan: checkpoint headers -> the matrices to score -> singular values -> scores.
+
+Weights are read shard by shard, one tensor at a time in file order; nothing holds more
+than a few tensors. The model is never instantiated and no code from it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from . import __version__
+from .errors import SpectrumError
+from .engine import resolve_device, resolve_method, singular_values
+from .naming import is_input_embedding, is_layer_module, is_output_head, module_name, module_type, natural_key
+from .scores import ModuleScore, Scores
+from .snr import scores_from_singular_values
+from .sources import TensorInfo, TensorSource, open_source
+from .sources.safetensors import FLOAT_DTYPES, FP8_DTYPES
+
+LOG = logging.getLogger("spectrum")
+
+TypeFilter = Callable[[str], bool]
+ProgressCallback = Callable[[int, int, int], None]  # (matrices done, matrices total, bytes read)
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """A 2-D floating-point weight to score."""
+
+    info: TensorInfo
+    module: str
+    type: str
+    layered: bool  # inside a numbered layer
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.info.shape  # type: ignore[return-value]
+
+
+@dataclass
+class Inventory:
+    """What a checkpoint holds, from its headers alone."""
+
+    matrices: list[Matrix]
+    unsupported: list[TensorInfo] = field(default_factory=list)  # 2-D weights we cannot score yet (FP8)
+    embeddings: dict[str, str | None] = field(default_factory=dict)  # "input"/"output" -> tensor name
+
+    def types(self) -> dict[str, dict]:
+        """type -> {"count", "shapes", "layered"} for every scorable matrix type."""
+        summary: dict[str, dict] = {}
+        for matrix in self.matrices:
+            entry = summary.setdefault(matrix.type, {"count": 0, "shapes": [], "layered": matrix.layered})
+            entry["count"] += 1
+            shape = list(matrix.shape)
+            if shape not in entry["shapes"]:
+                entry["shapes"].append(shape)
+        return dict(sorted(summary.items()))
+
+
+def take_inventory(tensors: list[TensorInfo]) -> Inventory:
+    """Every 2-D floating-point `*.weight` tensor, typed; 1-D and non-float tensors are left out."""
+    matrices, unsupported = [], []
+    embeddings: dict[str, str | None] = {"input": None, "output": None}
+    for info in tensors:
+        module = module_name(info.name)
+        if module is None or len(info.shape) != 2:
+            continue
+        if info.dtype in FP8_DTYPES:
+            unsupported.append(info)
+            continue
+        if info.dtype not in FLOAT_DTYPES:
+            continue
+        matrices.append(Matrix(info, module, module_type(module), is_layer_module(module)))
+        if is_input_embedding(module) and embeddings["input"] is None:
+            embeddings["input"] = info.name
+        if is_output_head(module) and embeddings["output"] is None:
+            embeddings["output"] = info.name
+    return Inventory(matrices, unsupported, embeddings)
+
+
+def default_type_filter(inventory: Inventory) -> TypeFilter:
+    """Types inside numbered layers (attention, MLP, experts, routers); not embeddings or heads."""
+    layered = {matrix.type for matrix in inventory.matrices if matrix.layered}
+    return layered.__contains__
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's CPU threads (default: every core this process may use); returns the number."""
+    count = threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(count)
+    return count
+
+
+@torch.no_grad()
+def scan_source(
+    source: TensorSource,
+    *,
+    type_filter: TypeFilter | None = None,
+    method: str = "auto",
+    device: str = "auto",
+    on_progress: ProgressCallback | None = None,
+) -> tuple[dict[str, ModuleScore], dict]:
+    """Score the chosen matrices of an open source.
+
+    Returns:
+        (module -> ModuleScore in (type, layer) order, provenance for the sidecar).
+    """
+    started = time.perf_counter()
+    inventory = take_inventory(source.tensors())
+    wanted = type_filter or default_type_filter(inventory)
+    chosen = [matrix for matrix in inventory.matrices if wanted(matrix.type)]
+    if not chosen:
+        raise SpectrumError(
+            "no weight matrix matches the requested types; run with --list-types to see the checkpoint's types"
+        )
+    for info in inventory.unsupported:
+        if wanted(module_type(module_name(info.name) or info.name)):
+            LOG.warning("%s is stored as %s, which needs its scale tensors to dequantize; left out", info.name, info.dtype)
+    compute_device = resolve_device(device)
+    concrete_method = resolve_method(method, compute_device)
+
+    by_shard: dict[str, list[Matrix]] = {}
+    for matrix in chosen:
+        by_shard.setdefault(matrix.info.shard, []).append(matrix)
+    matrix_of = {matrix.info.name: matrix for matrix in chosen}
+
+    results: dict[str, ModuleScore] = {}
+    done, bytes_read = 0, 0
+    if on_progress:
+        on_progress(0, len(chosen), 0)
+    for shard in source.shard_order():
+        if shard not in by_shard:
+            continue
+        for info, tensor in source.read(shard, [matrix.info for matrix in by_shard[shard]]):
+            matrix = matrix_of[info.name]
+            bytes_read += tensor.numel() * tensor.element_size()
+            if not bool(torch.isfinite(tensor).all()):
+                LOG.warning("%s has NaN or infinite entries; left out of the scores", info.name)
+            else:
+                rows, cols = matrix.shape
+                values = singular_values(tensor.unsqueeze(0), method=concrete_method, device=compute_device)
+                score = float(scores_from_singular_values(values, rows, cols)[0])
+                results[matrix.module] = ModuleScore(score, matrix.type)
+            del tensor
+            done += 1
+            if on_progress:
+                on_progress(done, len(chosen), bytes_read)
+
+    ordered = dict(sorted(results.items(), key=lambda item: (item[1].type, natural_key(item[0]))))
+    description = source.describe()
+    provenance = {
+        "tool": "spectrum",
+        "version": __version__,
+        "source": {
+            "kind": description.kind,
+            "location": description.location,
+            "revision": description.revision,
+            "shards": [{"name": shard.name, "size": shard.size} for shard in description.shards],
+        },
+        "dtypes": sorted({matrix.info.dtype for matrix in chosen}),
+        "method": concrete_method,
+        "device": str(compute_device),
+        "threads": torch.get_num_threads(),
+        "seconds": round(time.perf_counter() - started, 3),
+        "bytes_read": bytes_read,
+        "checkpoint_types": inventory.types(),
+        "embeddings": inventory.embeddings,
+    }
+    return ordered, provenance
+
+
+def scan(
+    model: str,
+    *,
+    revision: str | None = None,
+    type_filter: TypeFilter | None = None,
+    method: str = "auto",
+    device: str = "auto",
+    threads: int | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> Scores:
+    """Scan a local folder, a `.safetensors` file or a Hub id and return the scores (nothing is written)."""
+    set_threads(threads)
+    source = open_source(model, revision=revision)
+    try:
+        entries, provenance = scan_source(
+            source, type_filter=type_filter, method=method, device=device, on_progress=on_progress
+        )
+    finally:
+        source.close()
+    provenance["model"] = model
+    return Scores(model=model, entries=entries, meta=provenance)
+
+
+def missing_types(scores: Scores, type_filter: TypeFilter | None) -> set[str] | None:
+    """Types the request wants that a cached file lacks; None when that cannot be known.
+
+    Without a sidecar (a file made elsewhere) the request is taken as covered when at least
+    one cached type matches it, as Axolotl would use the file as it is.
+    """
+    checkpoint_types = scores.meta.get("checkpoint_types")
+    cached = set(scores.types())
+    if not isinstance(checkpoint_types, dict):
+        if type_filter is None or any(type_filter(type_name) for type_name in cached):
+            return set()
+        return None
+    if type_filter is None:
+        wanted = {name for name, entry in checkpoint_types.items() if isinstance(entry, dict) and entry.get("layered")}
+    else:
+        wanted = {name for name in checkpoint_types if type_filter(name)}
+    return wanted - cached
+
+
+def merge(cached: Scores, fresh: Scores) -> Scores:
+    """Cached scores plus freshly scanned types, in (type, layer) order; fresh provenance wins."""
+    combined = dict(cached.entries)
+    combined.update(fresh.entries)
+    ordered = dict(sorted(combined.items(), key=lambda item: (item[1].type, natural_key(item[0]))))
+    return Scores(model=fresh.model, entries=ordered, meta=fresh.meta)
+

@@ -1,0 +1,59 @@
+"""The Spectrum score of a weight matrix, from its singular values. Pure math: no files, no devices.
+
+For W of shape (m, n) with singular values S (descending), following the reference
+implementation (Hartford et al., arXiv 2406.06623):
+
+    sigma     = (q75(S) - q25(S)) / 1.349           # noise scale from the interquartile range
+    threshold = sigma * (1 + sqrt(min(m,n)/max(m,n)))  # Marchenko-Pastur bulk edge
+    signal    = sum(S[S >  threshold])
+    noise     = sum(S[S <= threshold])   (1.0 when that set is empty, or sums to 0)
+    score     = signal / noise / S[0]    (0.0 for an all-zero matrix)
+
+Quantiles use linear interpolation (numpy's and torch's default).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+IQR_TO_SIGMA = 1.349  # interquartile range of a standard normal distribution
+
+
+def mp_threshold(sigma: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Marchenko-Pastur threshold for singular values of an (rows, cols) noise matrix of scale sigma."""
+    beta = min(rows, cols) / max(rows, cols)
+    return sigma * (1.0 + math.sqrt(beta))
+
+
+@torch.no_grad()
+def scores_from_singular_values(singular_values: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Scores of a batch of (rows, cols) matrices from their singular values.
+
+    Args:
+        singular_values: (N, k) with k = min(rows, cols), each row sorted descending.
+        rows, cols: the matrices' shape (only the aspect ratio matters).
+
+    Returns:
+        (N,) float64 scores, always finite.
+    """
+    S = singular_values.to(torch.float64)  # (N, k)
+    largest = S[:, 0]  # (N,)
+    quartiles = torch.quantile(S, torch.tensor([0.25, 0.75], dtype=S.dtype, device=S.device), dim=1)  # (2, N)
+    sigma = (quartiles[1] - quartiles[0]) / IQR_TO_SIGMA  # (N,)
+    threshold = mp_threshold(sigma, rows, cols).unsqueeze(1)  # (N, 1)
+    is_signal = S > threshold  # (N, k)
+    zero = torch.zeros((), dtype=S.dtype, device=S.device)
+    signal = torch.where(is_signal, S, zero).sum(dim=1)
+    noise = torch.where(is_signal, zero, S).sum(dim=1)
+    # The reference uses 1.0 when no value is noise; a zero noise sum (exactly rank-deficient
+    # matrix) would make the score infinite, so it gets the same rule.
+    noise = torch.where(noise > 0, noise, torch.ones_like(noise))
+    safe_largest = torch.where(largest > 0, largest, torch.ones_like(largest))
+    return torch.where(largest > 0, signal / noise / safe_largest, zero)
+
+
+def score_from_singular_values(singular_values: torch.Tensor, rows: int, cols: int) -> float:
+    """Score of one matrix from its (k,) descending singular values."""
+    return float(scores_from_singular_values(singular_values.unsqueeze(0), rows, cols)[0])

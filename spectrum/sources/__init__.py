@@ -1,0 +1,5 @@
+"""Where weights come from: one lazy interface over local files and the Hugging Face Hub."""
+
+from .base import TensorInfo, TensorSource, open_source
+
+__all__ = ["TensorInfo", "TensorSource", "open_source"]

@@ -1,0 +1,108 @@
+"""The tensor-source interface and the factory that picks an implementation."""
+
+from __future__ import annotations
+
+import abc
+import os
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import SourceError
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor as a checkpoint header describes it, before any byte is read.
+
+    Args:
+        name: the tensor's name in the checkpoint (`model.layers.0.mlp.down_proj.weight`).
+        dtype: the stored dtype's name in safetensors spelling (`BF16`, `F32`, `I64`, ...).
+        shape: the stored shape.
+        shard: the file holding it (a name relative to the source).
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    shard: str
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """A weight file of the checkpoint: its name relative to the source and its size in bytes."""
+
+    name: str
+    size: int | None
+
+
+@dataclass
+class SourceDescription:
+    """Provenance of a source, for the sidecar file."""
+
+    kind: str
+    location: str
+    revision: str | None = None
+    shards: list[ShardInfo] = field(default_factory=list)
+
+
+class TensorSource(abc.ABC):
+    """A checkpoint read lazily, one shard at a time.
+
+    `tensors()` lists every tensor from the headers alone; `read(shard, infos)` yields the
+    given tensors of one shard, in file order, so each shard is opened once.
+    """
+
+    @abc.abstractmethod
+    def tensors(self) -> list[TensorInfo]:
+        """Every tensor of the checkpoint, from headers only, grouped by shard in file order."""
+
+    @abc.abstractmethod
+    def read(self, shard: str, infos: list[TensorInfo]):
+        """Yield `(info, tensor)` for the given tensors of one shard, as stored (no dtype change)."""
+
+    @abc.abstractmethod
+    def describe(self) -> SourceDescription:
+        """Where the weights came from: kind, location, revision and shard sizes."""
+
+    def shard_order(self) -> list[str]:
+        """Shards in the order they should be read."""
+        seen: dict[str, None] = {}
+        for info in self.tensors():
+            seen.setdefault(info.shard, None)
+        return list(seen)
+
+    def close(self) -> None:
+        """Release open files."""
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def looks_like_hub_id(model: str) -> bool:
+    """`org/name` or `name` spelled as the Hub allows, and not a file name."""
+    return bool(_HUB_ID.match(model)) and not model.endswith((".safetensors", ".json", ".gguf", ".bin"))
+
+
+def open_source(model: str, *, revision: str | None = None) -> TensorSource:
+    """Open a local folder, a single `.safetensors` file, or a Hub id `org/name`."""
+    from .hub import HubSource
+    from .safetensors import LocalSafetensorsSource
+
+    expanded = os.path.expanduser(model)
+    if os.path.exists(expanded):
+        if revision is not None:
+            raise SourceError(f"--revision applies to Hub ids, but {model} is a local path; drop --revision")
+        return LocalSafetensorsSource.from_path(expanded)
+    if looks_like_hub_id(model):
+        return HubSource(model, revision=revision)
+    raise SourceError(
+        f"{model}: no such file or folder; pass a folder with *.safetensors, a .safetensors file or a Hub id org/name",
+        model=model,
+    )
+
+
+def as_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """Exact upcast of a floating tensor to float32 (float64 is rounded, as the reference does)."""
+    return tensor if tensor.dtype == torch.float32 else tensor.to(torch.float32)

@@ -1,0 +1,231 @@
+"""Safetensors files read lazily: headers parsed and checked, tensors read one at a time.
+
+The header is validated before any tensor is trusted: offsets inside the file, byte counts
+that match dtype and shape, no overlapping ranges. A tensor is read with one `readinto`
+into a buffer of exactly its size, so memory stays at a few tensors whatever the model size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import CorruptCheckpointError, SourceError
+from .base import ShardInfo, SourceDescription, TensorInfo, TensorSource
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+_MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own limit
+
+# safetensors dtype -> (torch dtype, bytes per element); None where torch has no such dtype.
+DTYPES: dict[str, tuple[torch.dtype | None, int]] = {
+    "F64": (torch.float64, 8),
+    "F32": (torch.float32, 4),
+    "F16": (torch.float16, 2),
+    "BF16": (torch.bfloat16, 2),
+    "F8_E4M3": (getattr(torch, "float8_e4m3fn", None), 1),
+    "F8_E5M2": (getattr(torch, "float8_e5m2", None), 1),
+    "I64": (torch.int64, 8),
+    "I32": (torch.int32, 4),
+    "I16": (torch.int16, 2),
+    "I8": (torch.int8, 1),
+    "U8": (torch.uint8, 1),
+    "U16": (getattr(torch, "uint16", None), 2),
+    "U32": (getattr(torch, "uint32", None), 4),
+    "U64": (getattr(torch, "uint64", None), 8),
+    "BOOL": (torch.bool, 1),
+}
+FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})  # scored as stored, upcast exactly
+FP8_DTYPES = frozenset({"F8_E4M3", "F8_E5M2"})
+
+
+@dataclass(frozen=True)
+class _Entry:
+    info: TensorInfo
+    begin: int  # offset of the first byte in the file
+    nbytes: int
+
+
+class SafetensorsFile:
+    """One `.safetensors` file: its checked header, and reads of single tensors."""
+
+    def __init__(self, path: str, shard: str) -> None:
+        self.path = path
+        self.shard = shard
+        self.size = os.path.getsize(path)
+        self.entries = _parse_header(path, shard, self.size)
+
+    def read(self, info: TensorInfo) -> torch.Tensor:
+        """The tensor's bytes as a tensor of its stored dtype and shape."""
+        entry = self.entries[info.name]
+        torch_dtype, _ = DTYPES.get(info.dtype, (None, 0))
+        if torch_dtype is None:
+            raise CorruptCheckpointError(self.path, f"tensor {info.name} has dtype {info.dtype}, which cannot be read")
+        if entry.nbytes == 0:
+            return torch.empty(info.shape, dtype=torch_dtype)
+        buffer = bytearray(entry.nbytes)
+        with open(self.path, "rb", buffering=0) as handle:
+            handle.seek(entry.begin)
+            view = memoryview(buffer)
+            filled = 0
+            while filled < entry.nbytes:
+                count = handle.readinto(view[filled:])
+                if not count:
+                    raise CorruptCheckpointError(self.path, f"file ended inside tensor {info.name} (truncated)")
+                filled += count
+        return torch.frombuffer(buffer, dtype=torch_dtype).reshape(info.shape)
+
+
+def _parse_header(path: str, shard: str, size: int) -> dict[str, _Entry]:
+    """Parse and check a safetensors header; raise CorruptCheckpointError on any inconsistency."""
+    if size < 8:
+        raise CorruptCheckpointError(path, f"file is {size} bytes, too short for a safetensors header")
+    with open(path, "rb") as handle:
+        (header_bytes,) = struct.unpack("<Q", handle.read(8))
+        if header_bytes > _MAX_HEADER_BYTES:
+            raise CorruptCheckpointError(path, f"header claims {header_bytes} bytes, more than the format allows")
+        if 8 + header_bytes > size:
+            raise CorruptCheckpointError(path, f"header claims {header_bytes} bytes but the file has {size} (truncated)")
+        raw = handle.read(header_bytes)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorruptCheckpointError(path, f"header is not valid JSON ({err})") from err
+    if not isinstance(header, dict):
+        raise CorruptCheckpointError(path, "header is not a JSON object")
+
+    data_start = 8 + header_bytes
+    data_size = size - data_start
+    entries: dict[str, _Entry] = {}
+    for name, spec in header.items():
+        if name == "__metadata__":
+            continue
+        dtype, shape, begin, end = _check_spec(path, name, spec)
+        if end > data_size:
+            raise CorruptCheckpointError(
+                path, f"tensor {name} ends at byte {end} of a {data_size}-byte data section (truncated)"
+            )
+        _, itemsize = DTYPES.get(dtype, (None, 0))
+        if itemsize and math.prod(shape) * itemsize != end - begin:
+            raise CorruptCheckpointError(
+                path, f"tensor {name} is {dtype} {list(shape)} but its offsets span {end - begin} bytes"
+            )
+        entries[name] = _Entry(TensorInfo(name, dtype, shape, shard), data_start + begin, end - begin)
+
+    ordered = sorted(entries.values(), key=lambda entry: entry.begin)
+    for previous, current in zip(ordered, ordered[1:]):
+        if current.begin < previous.begin + previous.nbytes:
+            raise CorruptCheckpointError(path, f"tensors {previous.info.name} and {current.info.name} overlap")
+    return {entry.info.name: entry for entry in ordered}
+
+
+def _check_spec(path: str, name: str, spec: object) -> tuple[str, tuple[int, ...], int, int]:
+    if not isinstance(spec, dict):
+        raise CorruptCheckpointError(path, f"tensor {name} has no dtype/shape/offsets entry")
+    dtype, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
+    if not isinstance(dtype, str):
+        raise CorruptCheckpointError(path, f"tensor {name} has no dtype")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise CorruptCheckpointError(path, f"tensor {name} has an invalid shape {shape!r}")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+        or not 0 <= offsets[0] <= offsets[1]
+    ):
+        raise CorruptCheckpointError(path, f"tensor {name} has invalid data offsets {offsets!r}")
+    return dtype, tuple(shape), offsets[0], offsets[1]
+
+
+class ShardedSafetensors(TensorSource):
+    """A checkpoint made of one or more safetensors shards, each opened when it is read."""
+
+    def __init__(self, shard_names: list[str]) -> None:
+        self.shard_names = shard_names
+        self._files: dict[str, SafetensorsFile] = {}
+
+    def _local_path(self, shard: str) -> str:
+        """A local path to the shard (downloading it if needed)."""
+        raise NotImplementedError
+
+    def _file(self, shard: str) -> SafetensorsFile:
+        if shard not in self._files:
+            self._files[shard] = SafetensorsFile(self._local_path(shard), shard)
+        return self._files[shard]
+
+    def _shard_tensors(self, shard: str) -> list[TensorInfo]:
+        return [entry.info for entry in self._file(shard).entries.values()]
+
+    def tensors(self) -> list[TensorInfo]:
+        return [info for shard in self.shard_names for info in self._shard_tensors(shard)]
+
+    def shard_order(self) -> list[str]:
+        return list(self.shard_names)
+
+    def read(self, shard: str, infos: list[TensorInfo]):
+        handle = self._file(shard)
+        for info in sorted(infos, key=lambda i: handle.entries[i.name].begin):
+            yield info, handle.read(info)
+
+    def close(self) -> None:
+        self._files.clear()
+
+
+class LocalSafetensorsSource(ShardedSafetensors):
+    """A local folder (`model.safetensors.index.json`, or every `*.safetensors`) or one file."""
+
+    def __init__(self, root: str, shard_names: list[str]) -> None:
+        super().__init__(shard_names)
+        self.root = root
+
+    @classmethod
+    def from_path(cls, path: str) -> "LocalSafetensorsSource":
+        if os.path.isfile(path):
+            if not path.endswith(".safetensors"):
+                raise SourceError(f"{path} is not a .safetensors file; pass a model folder or a .safetensors file")
+            return cls(os.path.dirname(os.path.abspath(path)), [os.path.basename(path)])
+        index_path = os.path.join(path, INDEX_FILE)
+        if os.path.isfile(index_path):
+            shard_names = shards_from_index(index_path)
+            missing = [name for name in shard_names if not os.path.isfile(os.path.join(path, name))]
+            if missing:
+                raise SourceError(
+                    f"{index_path} names {len(missing)} shard(s) missing from the folder "
+                    f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); download them again"
+                )
+            return cls(path, shard_names)
+        shard_names = sorted(name for name in os.listdir(path) if name.endswith(".safetensors"))
+        if not shard_names:
+            others = [name for name in os.listdir(path) if name.endswith((".bin", ".gguf", ".pt", ".pth"))]
+            hint = f" (found {others[0]}: only safetensors is supported so far)" if others else ""
+            raise SourceError(f"{path} holds no *.safetensors weights{hint}; pass a folder with a safetensors checkpoint")
+        return cls(path, shard_names)
+
+    def _local_path(self, shard: str) -> str:
+        return os.path.join(self.root, shard)
+
+    def describe(self) -> SourceDescription:
+        shards = [ShardInfo(name, os.path.getsize(self._local_path(name))) for name in self.shard_names]
+        return SourceDescription(kind="local", location=os.path.abspath(self.root), shards=shards)
+
+
+def shards_from_index(index_path: str) -> list[str]:
+    """Shard file names from a `model.safetensors.index.json`, in first-use order."""
+    try:
+        with open(index_path, encoding="utf-8") as handle:
+            index = json.load(handle)
+        weight_map = index["weight_map"]
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise TypeError("weight_map is not an object of file names")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CorruptCheckpointError(index_path, f"not a valid safetensors index ({err})") from err
+    names = list(dict.fromkeys(weight_map.values()))
+    for name in names:
+        if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+            raise CorruptCheckpointError(index_path, f"shard name {name!r} points outside the model folder")
+    return names
