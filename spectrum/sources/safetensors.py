@@ -215,7 +215,7 @@ class LocalSafetensorsSource(ShardedSafetensors):
 
 
 def shards_from_index(index_path: str) -> list[str]:
-    """Shard file names from a `model.safetensors.index.json`, in first-use order."""
+    """Shard file names from a `model.safetensors.index.json`, sorted (`model-00001-of-00004...` first)."""
     try:
         with open(index_path, encoding="utf-8") as handle:
             index = json.load(handle)
@@ -224,7 +224,7 @@ def shards_from_index(index_path: str) -> list[str]:
             raise TypeError("weight_map is not an object of file names")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
         raise CorruptCheckpointError(index_path, f"not a valid safetensors index ({err})") from err
-    names = list(dict.fromkeys(weight_map.values()))
+    names = sorted(set(weight_map.values()))
     for name in names:
         if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
             raise CorruptCheckpointError(index_path, f"shard name {name!r} points outside the model folder")

@@ -1,0 +1,105 @@
+"""The command line end to end, as a subprocess, the way users run it."""
+
+import json
+import shutil
+
+from conftest import load_json, run_cli
+from spectrum import __version__
+
+
+def expected_yaml(scores_json: dict, percent: int, model: str, embeddings: list[str]) -> str:
+    """The YAML a user should get, derived independently from the scores file."""
+    by_type: dict[str, list[tuple[str, float]]] = {}
+    for module, value in scores_json.items():
+        by_type.setdefault(value["type"], []).append((module, value["snr"]))
+    lines = [f"# spectrum {__version__}: top {percent}% of modules per type by SNR, model {model}", "unfrozen_parameters:"]
+    lines += [f"- {pattern}" for pattern in embeddings]
+    for type_name, members in by_type.items():
+        lines.append(f"# {type_name} layers")
+        ranked = sorted(members, key=lambda member: -member[1])
+        lines += [f"- {module}" for module, _ in ranked[: len(members) * percent // 100]]
+    return "\n".join(lines) + "\n"
+
+
+def test_scan_then_reuse_without_weights(tiny_llama_dir, tmp_path):
+    model = tmp_path / "weights"
+    shutil.copytree(tiny_llama_dir, model)
+    work = tmp_path / "work"
+    work.mkdir()
+
+    first = run_cli("--model", str(model), "--name", "org/tiny_llama", "--top-percent", "67", cwd=work)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == ""
+    scores_file = work / "model_snr_results" / "snr_results_org-tiny-llama.json"
+    scores = load_json(scores_file)
+    assert len(scores) == 21 and all(set(v) == {"snr", "type"} for v in scores.values())
+    meta = load_json(work / "model_snr_results" / "snr_results_org-tiny-llama.meta.json")
+    assert meta["version"] == __version__ and meta["source"]["kind"] == "local" and meta["name"] == "org/tiny_llama"
+    yaml_file = work / "snr_results_org-tiny-llama_unfrozenparameters_67percent.yaml"
+    embeddings = ["^lm_head.weight$", "^model.embed_tokens.weight$"]
+    assert yaml_file.read_text() == expected_yaml(scores, 67, str(model), embeddings)
+    for text in ("mlp.down_proj", "matrices", "selected", str(scores_file.name), yaml_file.name):
+        assert text in first.stderr
+
+    shutil.rmtree(model)  # the second run must not need the weights at all
+    second = run_cli("--model-name", str(model), "--name", "org/tiny_llama", "--top-percent", "34", "--output", "-", cwd=work)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == expected_yaml(scores, 34, str(model), embeddings)
+    assert "cached scores reused" in second.stderr
+    assert load_json(scores_file) == scores
+
+
+def test_default_outputs_and_types(minilm_dir, tmp_path):
+    result = run_cli("--model", str(minilm_dir), "--name", "sentence-transformers/all-MiniLM-L6-v2", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "" and result.stdout == ""
+    scores = load_json(tmp_path / "model_snr_results" / "snr_results_sentence-transformers-all-MiniLM-L6-v2.json")
+    yaml_text = (tmp_path / "snr_results_sentence-transformers-all-MiniLM-L6-v2_unfrozenparameters_50percent.yaml").read_text()
+    assert yaml_text == expected_yaml(scores, 50, str(minilm_dir), ["^embeddings.word_embeddings.weight$"])
+    assert {v["type"] for v in scores.values()} == {
+        "attention.output.dense", "attention.self.key", "attention.self.query",
+        "attention.self.value", "intermediate.dense", "output.dense",
+    }
+
+
+def test_list_types_reads_headers_only(tiny_llama_dir, tmp_path):
+    result = run_cli("--model", str(tiny_llama_dir), "--list-types", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
+    assert rows["mlp.down_proj"] == ["mlp.down_proj", "3", "48x80", "yes"]
+    assert rows["self_attn.k_proj"] == ["self_attn.k_proj", "3", "24x48", "yes"]
+    assert rows["lm_head"] == ["lm_head", "1", "96x48", "no"]
+    assert rows["model.embed_tokens"][-1] == "no"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_types_extend_the_cache_and_narrow_the_selection(tiny_llama_dir, tmp_path):
+    assert run_cli("--model", str(tiny_llama_dir), "--name", "t", "--quiet", cwd=tmp_path).returncode == 0
+    result = run_cli("--model", str(tiny_llama_dir), "--name", "t", "--types", "^lm_head$", "--top-percent", "100",
+                     "--no-embeddings", "--output", "-", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1:] == ["unfrozen_parameters:", "# lm_head layers", "- lm_head"]
+    scores = load_json(tmp_path / "model_snr_results" / "snr_results_t.json")
+    assert len(scores) == 22 and scores["lm_head"]["type"] == "lm_head"
+
+
+def test_foreign_sorted_cache_is_used_as_the_reference_would(tmp_path):
+    # A published scan in the "sorted" layout, with norms scored Infinity by an older reference.
+    cache = tmp_path / "model_snr_results"
+    cache.mkdir()
+    sorted_layout = {
+        "input_layernorm": {"model.layers.0.input_layernorm": float("inf"), "model.layers.1.input_layernorm": float("inf")},
+        "mlp.up_proj": {"model.layers.1.mlp.up_proj": 0.4, "model.layers.0.mlp.up_proj": 0.2},
+    }
+    (cache / "snr_results_org-published.json").write_text(json.dumps(sorted_layout))
+    result = run_cli("--model", "org/published", "--top-percent", "50", "--output", "-", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1:] == [
+        "unfrozen_parameters:",
+        "- ^lm_head.weight$",
+        "- ^model.embed_tokens.weight$",
+        "# input_layernorm layers",
+        "- model.layers.0.input_layernorm",
+        "# mlp.up_proj layers",
+        "- model.layers.1.mlp.up_proj",
+    ]

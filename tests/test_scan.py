@@ -1,0 +1,121 @@
+"""Scans of real and written checkpoints against the float64 NumPy reference."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from reference import reference_score
+from spectrum.errors import SpectrumError
+from spectrum.scan import missing_types, merge, scan, take_inventory
+from spectrum.scores import ModuleScore, Scores
+from spectrum.sources import open_source
+
+MINILM_TYPES = [
+    "attention.output.dense",
+    "attention.self.key",
+    "attention.self.query",
+    "attention.self.value",
+    "intermediate.dense",
+    "output.dense",
+]
+
+
+def stored_weights(path) -> dict[str, np.ndarray]:
+    """Every tensor of a safetensors file as float64, read by the safetensors library itself."""
+    with safe_open(str(path), framework="pt") as handle:
+        return {name: handle.get_tensor(name).to(torch.float64).numpy() for name in handle.keys()}
+
+
+def test_real_minilm_matches_reference(minilm_dir):
+    scores = scan(str(minilm_dir), device="cpu")
+    weights = stored_weights(minilm_dir / "model.safetensors")
+    assert scores.types() == MINILM_TYPES
+    assert len(scores.entries) == 36
+    for module, score in scores.entries.items():
+        assert score.snr == pytest.approx(reference_score(weights[module + ".weight"]), rel=1e-9), module
+    # File order: by type, then by layer number.
+    assert list(scores.entries)[:2] == ["encoder.layer.0.attention.output.dense", "encoder.layer.1.attention.output.dense"]
+    assert scores.meta["embeddings"] == {"input": "embeddings.word_embeddings.weight", "output": None}
+    assert scores.meta["method"] == "gram" and scores.meta["device"] == "cpu"
+
+
+@pytest.mark.parametrize("method", ["gram", "svd"])
+def test_sharded_bf16_checkpoint(tiny_llama_dir, method):
+    scores = scan(str(tiny_llama_dir), method=method, device="cpu")
+    weights = {}
+    for shard in sorted(tiny_llama_dir.glob("*.safetensors")):
+        weights.update(stored_weights(shard))
+    expected_types = ["mlp.down_proj", "mlp.gate_proj", "mlp.up_proj",
+                      "self_attn.k_proj", "self_attn.o_proj", "self_attn.q_proj", "self_attn.v_proj"]
+    assert scores.types() == expected_types
+    assert len(scores.entries) == 3 * 7
+    for module, score in scores.entries.items():
+        assert score.snr == pytest.approx(reference_score(weights[module + ".weight"]), rel=1e-9), module
+    shards = [shard["name"] for shard in scores.meta["source"]["shards"]]
+    assert shards == sorted(path.name for path in tiny_llama_dir.glob("*.safetensors"))
+    assert scores.meta["dtypes"] == ["BF16"]
+    assert scores.meta["embeddings"] == {"input": "model.embed_tokens.weight", "output": "lm_head.weight"}
+
+
+def test_tied_embeddings_have_no_head(tiny_llama_tied_dir):
+    scores = scan(str(tiny_llama_tied_dir), device="cpu")
+    assert scores.meta["embeddings"] == {"input": "model.embed_tokens.weight", "output": None}
+    yaml = scores.to_yaml(50)
+    assert "- ^model.embed_tokens.weight$\n" in yaml and "lm_head" not in yaml
+
+
+def test_type_filter_includes_embeddings_when_asked(tiny_llama_dir):
+    scores = scan(str(tiny_llama_dir), type_filter=lambda t: t in {"lm_head", "model.embed_tokens"}, device="cpu")
+    assert scores.types() == ["lm_head", "model.embed_tokens"]
+
+
+def test_inventory_skips_what_is_not_a_float_matrix(tmp_path, caplog):
+    rng = torch.Generator().manual_seed(0)
+    tensors = {
+        "model.layers.0.mlp.up_proj.weight": torch.randn(16, 8, generator=rng),
+        "model.layers.1.mlp.up_proj.weight": torch.zeros(16, 8),
+        "model.layers.2.mlp.up_proj.weight": torch.full((16, 8), float("nan")),
+        "model.layers.3.mlp.up_proj.weight": torch.randn(16, 8, generator=rng).to(torch.float8_e4m3fn),
+        "model.layers.0.input_layernorm.weight": torch.ones(8),
+        "model.layers.0.mlp.up_proj.bias": torch.zeros(16),
+        "embeddings.position_ids": torch.arange(8).unsqueeze(0),
+        "model.layers.0.mlp.counts.weight": torch.ones(4, 4, dtype=torch.int32),
+    }
+    path = tmp_path / "model.safetensors"
+    save_file(tensors, str(path))
+    inventory = take_inventory(open_source(str(path)).tensors())
+    assert sorted(m.module for m in inventory.matrices) == [f"model.layers.{i}.mlp.up_proj" for i in range(3)]
+    assert [info.name for info in inventory.unsupported] == ["model.layers.3.mlp.up_proj.weight"]
+
+    with caplog.at_level(logging.WARNING, logger="spectrum"):
+        scores = scan(str(path), device="cpu")
+    assert list(scores.entries) == ["model.layers.0.mlp.up_proj", "model.layers.1.mlp.up_proj"]
+    assert scores.entries["model.layers.1.mlp.up_proj"].snr == 0.0
+    assert scores.entries["model.layers.0.mlp.up_proj"].snr == pytest.approx(
+        reference_score(tensors["model.layers.0.mlp.up_proj.weight"].numpy()), rel=1e-9
+    )
+    messages = " ".join(record.getMessage() for record in caplog.records)
+    assert "model.layers.2.mlp.up_proj.weight has NaN or infinite entries" in messages
+    assert "model.layers.3.mlp.up_proj.weight is stored as F8_E4M3" in messages
+
+
+def test_no_matching_type_is_an_error(minilm_dir):
+    with pytest.raises(SpectrumError, match="--list-types"):
+        scan(str(minilm_dir), type_filter=lambda t: False, device="cpu")
+
+
+def test_cache_coverage_and_merge():
+    meta = {"checkpoint_types": {"mlp.up_proj": {"layered": True}, "lm_head": {"layered": False}}}
+    cached = Scores("m", {"l.0.mlp.up_proj": ModuleScore(0.1, "mlp.up_proj")}, meta)
+    assert missing_types(cached, None) == set()
+    assert missing_types(cached, lambda t: t == "lm_head") == {"lm_head"}
+    foreign = Scores("m", {"l.0.mlp.up_proj": ModuleScore(0.1, "mlp.up_proj")})
+    assert missing_types(foreign, None) == set()
+    assert missing_types(foreign, lambda t: t == "lm_head") is None
+    fresh = Scores("m", {"lm_head": ModuleScore(0.2, "lm_head")}, {"new": True})
+    combined = merge(cached, fresh)
+    assert list(combined.entries) == ["lm_head", "l.0.mlp.up_proj"] and combined.meta == {"new": True}
