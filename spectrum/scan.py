@@ -19,6 +19,7 @@ from .errors import SpectrumError
 from .engine import resolve_device, resolve_method, singular_values
 from .naming import is_input_embedding, is_layer_module, is_output_head, module_name, module_type, natural_key
 from .scores import ModuleScore, Scores
+from .pipeline import Batcher, Item, Reader, run_batches
 from .snr import scores_from_singular_values
 from .sources import TensorInfo, TensorSource, open_source
 from .sources.safetensors import FLOAT_DTYPES, FP8_DTYPES
@@ -90,11 +91,20 @@ def default_type_filter(inventory: Inventory) -> TypeFilter:
     return layered.__contains__
 
 
-def set_threads(threads: int | None) -> int:
-    """Set torch's CPU threads (default: every core this process may use); returns the number."""
-    count = threads or len(os.sched_getaffinity(0))
-    torch.set_num_threads(count)
-    return count
+def cpu_count() -> int:
+    """Cores this process may use."""
+    return len(os.sched_getaffinity(0))
+
+
+def _budgets(device: torch.device, threads: int) -> tuple[int, int, int]:
+    """(batch bytes, pending bytes, workers) for a device; batch bytes 0 means one matrix a batch."""
+    if device.type != "cuda":
+        return 0, 0, threads
+    free, _ = torch.cuda.mem_get_info(device)
+    # A batch of B stored bytes needs about 10 B on the device at its peak (the stored copy,
+    # its float64 conversion and the Gram matrices with eigvalsh's workspace): use half the free memory.
+    batch_bytes = max(free // 20, 1)
+    return batch_bytes, min(2 * batch_bytes, 4 << 30), 1
 
 
 @torch.no_grad()
@@ -104,9 +114,14 @@ def scan_source(
     type_filter: TypeFilter | None = None,
     method: str = "auto",
     device: str = "auto",
+    threads: int | None = None,
+    share: Callable[[list[Matrix]], list[Matrix]] | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> tuple[dict[str, ModuleScore], dict]:
     """Score the chosen matrices of an open source.
+
+    Args:
+        share: picks this process's part of the work (under torchrun); default: everything.
 
     Returns:
         (module -> ModuleScore in (type, layer) order, provenance for the sidecar).
@@ -124,33 +139,63 @@ def scan_source(
             LOG.warning("%s is stored as %s, which needs its scale tensors to dequantize; left out", info.name, info.dtype)
     compute_device = resolve_device(device)
     concrete_method = resolve_method(method, compute_device)
+    mine = share(chosen) if share else chosen
+    workers = threads or cpu_count()
+    batch_bytes, pending_bytes, workers = _budgets(compute_device, workers)
 
     by_shard: dict[str, list[Matrix]] = {}
-    for matrix in chosen:
+    for matrix in mine:
         by_shard.setdefault(matrix.info.shard, []).append(matrix)
-    matrix_of = {matrix.info.name: matrix for matrix in chosen}
+    shards = [shard for shard in source.shard_order() if shard in by_shard]
+    matrix_of = {matrix.info.name: matrix for matrix in mine}
+
+    def produce():
+        for position, shard in enumerate(shards):
+            if position + 1 < len(shards):
+                source.prefetch(shards[position + 1])
+            for info, tensor in source.read(shard, [matrix.info for matrix in by_shard[shard]]):
+                yield matrix_of[info.name], tensor
+            source.release(shard)
+
+    def compute(batch: list[Item]) -> list[tuple[Matrix, float | None]]:
+        """Scores of one batch; None for a matrix with NaN or infinite entries."""
+        stack = batch[0].tensor.unsqueeze(0) if len(batch) == 1 else torch.stack([item.tensor for item in batch])
+        stack = stack.to(compute_device)  # (N, m, n) as stored
+        finite = torch.isfinite(stack).flatten(1).all(dim=1)  # (N,)
+        flags = finite.tolist()
+        scores = iter(())
+        if any(flags):
+            rows, cols = batch[0].key.shape
+            values = singular_values(stack[finite], method=concrete_method, device=compute_device)
+            scores = iter(scores_from_singular_values(values, rows, cols).tolist())
+        return [(item.key, next(scores) if ok else None) for item, ok in zip(batch, flags)]
 
     results: dict[str, ModuleScore] = {}
-    done, bytes_read = 0, 0
-    if on_progress:
-        on_progress(0, len(chosen), 0)
-    for shard in source.shard_order():
-        if shard not in by_shard:
-            continue
-        for info, tensor in source.read(shard, [matrix.info for matrix in by_shard[shard]]):
-            matrix = matrix_of[info.name]
-            bytes_read += tensor.numel() * tensor.element_size()
-            if not bool(torch.isfinite(tensor).all()):
-                LOG.warning("%s has NaN or infinite entries; left out of the scores", info.name)
+    done = 0
+    reader = Reader(produce, depth=workers + 1)
+
+    def on_results(batch_results: list[tuple[Matrix, float | None]]) -> None:
+        nonlocal done
+        for matrix, score in batch_results:
+            if score is None:
+                LOG.warning("%s has NaN or infinite entries; left out of the scores", matrix.info.name)
             else:
-                rows, cols = matrix.shape
-                values = singular_values(tensor.unsqueeze(0), method=concrete_method, device=compute_device)
-                score = float(scores_from_singular_values(values, rows, cols)[0])
                 results[matrix.module] = ModuleScore(score, matrix.type)
-            del tensor
-            done += 1
-            if on_progress:
-                on_progress(done, len(chosen), bytes_read)
+        done += len(batch_results)
+        if on_progress:
+            on_progress(done, len(mine), reader.bytes_read)
+
+    items = (((item.key.type, item.key.shape), item) for item in reader)
+    if on_progress:
+        on_progress(0, len(mine), 0)
+    previous_threads = torch.get_num_threads()
+    if compute_device.type == "cpu":
+        torch.set_num_threads(1)  # one single-threaded worker per core
+    try:
+        run_batches(items, Batcher(batch_bytes=batch_bytes, pending_bytes=pending_bytes), compute,
+                    workers=workers, on_results=on_results)
+    finally:
+        torch.set_num_threads(previous_threads)
 
     ordered = dict(sorted(results.items(), key=lambda item: (item[1].type, natural_key(item[0]))))
     description = source.describe()
@@ -166,9 +211,9 @@ def scan_source(
         "dtypes": sorted({matrix.info.dtype for matrix in chosen}),
         "method": concrete_method,
         "device": str(compute_device),
-        "threads": torch.get_num_threads(),
+        "workers": workers,
         "seconds": round(time.perf_counter() - started, 3),
-        "bytes_read": bytes_read,
+        "bytes_read": reader.bytes_read,
         "checkpoint_types": inventory.types(),
         "embeddings": inventory.embeddings,
     }
@@ -186,11 +231,10 @@ def scan(
     on_progress: ProgressCallback | None = None,
 ) -> Scores:
     """Scan a local folder, a `.safetensors` file or a Hub id and return the scores (nothing is written)."""
-    set_threads(threads)
     source = open_source(model, revision=revision)
     try:
         entries, provenance = scan_source(
-            source, type_filter=type_filter, method=method, device=device, on_progress=on_progress
+            source, type_filter=type_filter, method=method, device=device, threads=threads, on_progress=on_progress
         )
     finally:
         source.close()

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import SourceError
+from ..errors import SourceError, UsageError
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,12 @@ class TensorSource(abc.ABC):
             seen.setdefault(info.shard, None)
         return list(seen)
 
+    def prefetch(self, shard: str) -> None:
+        """Start fetching a shard the scan will read next (a no-op for local files)."""
+
+    def release(self, shard: str) -> None:
+        """The scan is done with a shard (a Hub source may delete what it downloaded)."""
+
     def close(self) -> None:
         """Release open files."""
 
@@ -93,7 +99,7 @@ def open_source(model: str, *, revision: str | None = None) -> TensorSource:
     expanded = os.path.expanduser(model)
     if os.path.exists(expanded):
         if revision is not None:
-            raise SourceError(f"--revision applies to Hub ids, but {model} is a local path; drop --revision")
+            raise UsageError(f"--revision applies to Hub ids, but {model} is a local path; drop --revision")
         return LocalSafetensorsSource.from_path(expanded)
     if looks_like_hub_id(model):
         return HubSource(model, revision=revision)
