@@ -67,7 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--method", default="auto", choices=("auto", "gram", "svd"),
                         help="singular values by float64 Gram eigenvalues or float32 SVD (default: auto)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads (default: all cores)")
+    parser.add_argument("--threads", type=_positive_int, metavar="N",
+                        help="CPU workers, one single-threaded worker each (default: every core)")
+    parser.add_argument("--keep-shards", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep Hub shards this scan downloads in the HF cache (--no-keep-shards deletes each "
+                        "once scanned; shards that were already cached are never deleted)")
     # Output
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     parser.add_argument("--debug", action="store_true", help="show tracebacks (also SPECTRUM_DEBUG=1)")
@@ -149,6 +153,7 @@ def _scan(args: argparse.Namespace, type_filter) -> Scores:
             method=args.method,
             device=args.device,
             threads=args.threads,
+            keep_shards=args.keep_shards,
             on_progress=on_progress,
         )
     if args.name:

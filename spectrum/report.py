@@ -31,8 +31,11 @@ def install_log_handler() -> None:
 
 @contextmanager
 def scan_progress(model: str, *, enabled: bool) -> Iterator:
-    """A progress bar for a scan (matrices done of total, GB read, ETA); yields the callback."""
-    if not enabled:
+    """A progress bar for a scan (matrices done of total, GB read, ETA); yields the callback.
+
+    Only on a terminal: logs and pipes get the summary alone.
+    """
+    if not enabled or not console.is_terminal:
         yield None
         return
     progress = Progress(

@@ -151,8 +151,9 @@ def scan_source(
 
     def produce():
         for position, shard in enumerate(shards):
+            source.prefetch(shard)  # queued first: the shard needed now
             if position + 1 < len(shards):
-                source.prefetch(shards[position + 1])
+                source.prefetch(shards[position + 1])  # downloads while this one is scanned
             for info, tensor in source.read(shard, [matrix.info for matrix in by_shard[shard]]):
                 yield matrix_of[info.name], tensor
             source.release(shard)
@@ -228,10 +229,11 @@ def scan(
     method: str = "auto",
     device: str = "auto",
     threads: int | None = None,
+    keep_shards: bool = True,
     on_progress: ProgressCallback | None = None,
 ) -> Scores:
     """Scan a local folder, a `.safetensors` file or a Hub id and return the scores (nothing is written)."""
-    source = open_source(model, revision=revision)
+    source = open_source(model, revision=revision, keep_shards=keep_shards)
     try:
         entries, provenance = scan_source(
             source, type_filter=type_filter, method=method, device=device, threads=threads, on_progress=on_progress

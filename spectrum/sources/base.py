@@ -91,8 +91,11 @@ def looks_like_hub_id(model: str) -> bool:
     return bool(_HUB_ID.match(model)) and not model.endswith((".safetensors", ".json", ".gguf", ".bin"))
 
 
-def open_source(model: str, *, revision: str | None = None) -> TensorSource:
-    """Open a local folder, a single `.safetensors` file, or a Hub id `org/name`."""
+def open_source(model: str, *, revision: str | None = None, keep_shards: bool = True) -> TensorSource:
+    """Open a local folder, a single `.safetensors` file, or a Hub id `org/name`.
+
+    `keep_shards=False` lets a Hub source delete the shards it downloaded once they are scanned.
+    """
     from .hub import HubSource
     from .safetensors import LocalSafetensorsSource
 
@@ -102,7 +105,7 @@ def open_source(model: str, *, revision: str | None = None) -> TensorSource:
             raise UsageError(f"--revision applies to Hub ids, but {model} is a local path; drop --revision")
         return LocalSafetensorsSource.from_path(expanded)
     if looks_like_hub_id(model):
-        return HubSource(model, revision=revision)
+        return HubSource(model, revision=revision, keep_shards=keep_shards)
     raise SourceError(
         f"{model}: no such file or folder; pass a folder with *.safetensors, a .safetensors file or a Hub id org/name",
         model=model,

@@ -8,8 +8,10 @@ opens gated repositories. No code from the repository is ever run.
 from __future__ import annotations
 
 import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 
-from huggingface_hub import hf_hub_download
+from huggingface_hub import HfApi, hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -21,8 +23,8 @@ from huggingface_hub.errors import (
 )
 
 from ..errors import SourceError
-from .base import ShardInfo, SourceDescription
-from .safetensors import INDEX_FILE, SINGLE_FILE, ShardedSafetensors, shards_from_index
+from .base import ShardInfo, SourceDescription, TensorInfo
+from .safetensors import INDEX_FILE, SINGLE_FILE, SafetensorsFile, ShardedSafetensors, shards_from_index
 
 
 class _Missing(Exception):
@@ -34,12 +36,25 @@ class _Missing(Exception):
 
 
 class HubSource(ShardedSafetensors):
-    """Safetensors weights of a Hub repository `org/name` at an optional revision."""
+    """Safetensors weights of a Hub repository `org/name` at an optional revision.
 
-    def __init__(self, repo_id: str, *, revision: str | None = None) -> None:
+    Headers of shards that are not cached yet are read remotely (HTTP range requests), so the
+    scan can start before any shard is downloaded; `prefetch` downloads the next shard in the
+    background while the current one is scanned. With `keep_shards=False`, shards this scan
+    downloaded itself are deleted from the cache once scanned (shards that were already
+    cached are never touched).
+    """
+
+    def __init__(self, repo_id: str, *, revision: str | None = None, keep_shards: bool = True) -> None:
         self.repo_id = repo_id
         self.requested_revision = revision
+        self.keep_shards = keep_shards
         self.commit: str | None = None
+        self._downloads: dict[str, Future] = {}
+        self._downloaded_here: set[str] = set()
+        self._sizes: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spectrum-download")
         super().__init__(self._resolve_shards())
 
     def _download(self, filename: str) -> str:
@@ -78,9 +93,9 @@ class HubSource(ShardedSafetensors):
             return shards_from_index(self._download(INDEX_FILE))
         except _Missing:
             pass
+        already_cached = self._cached_path(SINGLE_FILE) is not None
         try:
-            self._download(SINGLE_FILE)
-            return [SINGLE_FILE]
+            path = self._download(SINGLE_FILE)
         except _Missing as err:
             if err.offline:
                 raise SourceError(
@@ -94,22 +109,75 @@ class HubSource(ShardedSafetensors):
                 "only safetensors checkpoints are supported so far",
                 model=self.repo_id,
             ) from err
+        if not already_cached:
+            self._downloaded_here.add(SINGLE_FILE)
+        self._sizes[SINGLE_FILE] = os.path.getsize(path)
+        done: Future = Future()
+        done.set_result(path)
+        self._downloads[SINGLE_FILE] = done
+        return [SINGLE_FILE]
 
-    def _local_path(self, shard: str) -> str:
+    def _cached_path(self, shard: str) -> str | None:
+        path = try_to_load_from_cache(self.repo_id, shard, revision=self.commit or self.requested_revision)
+        return path if isinstance(path, str) else None
+
+    def _fetch(self, shard: str) -> str:
+        already_cached = self._cached_path(shard) is not None
         try:
-            return self._download(shard)
+            path = self._download(shard)
         except _Missing as err:
             raise SourceError(
                 f"{self.repo_id}: shard {shard} named by its index could not be fetched"
                 + (" (offline and not cached)" if err.offline else " (missing from the repository)"),
                 model=self.repo_id,
             ) from err
+        if not already_cached:
+            self._downloaded_here.add(shard)
+        self._sizes[shard] = os.path.getsize(path)
+        return path
+
+    def prefetch(self, shard: str) -> None:
+        with self._lock:
+            if shard not in self._downloads and shard not in self._files:
+                self._downloads[shard] = self._pool.submit(self._fetch, shard)
+
+    def _local_path(self, shard: str) -> str:
+        self.prefetch(shard)
+        return self._downloads[shard].result()
+
+    def _shard_tensors(self, shard: str) -> list[TensorInfo]:
+        """From the local header when the shard is cached, else from a remote read of the header alone."""
+        if shard in self._files or self._cached_path(shard) is not None:
+            return super()._shard_tensors(shard)
+        header = HfApi().parse_safetensors_file_metadata(self.repo_id, shard, revision=self.commit)
+        return [
+            TensorInfo(name, info.dtype, tuple(info.shape), shard)
+            for name, info in sorted(header.tensors.items(), key=lambda item: item[1].data_offsets[0])
+        ]
+
+    def release(self, shard: str) -> None:
+        handle: SafetensorsFile | None = self._files.pop(shard, None)
+        self._downloads.pop(shard, None)
+        if self.keep_shards or shard not in self._downloaded_here or handle is None:
+            return
+        blob = os.path.realpath(handle.path)
+        for path in (handle.path, blob):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        super().close()
 
     def describe(self) -> SourceDescription:
         shards = []
         for name in self.shard_names:
-            path = self._local_path(name)
-            shards.append(ShardInfo(name, os.path.getsize(path)))
+            size = self._sizes.get(name)
+            if size is None and (cached := self._cached_path(name)) is not None:
+                size = os.path.getsize(cached)
+            shards.append(ShardInfo(name, size))
         return SourceDescription(kind="hub", location=self.repo_id, revision=self.commit, shards=shards)
 
 

@@ -1,0 +1,76 @@
+"""The Hub path online, against a real HTTP server on localhost speaking the Hub's resolve protocol."""
+
+import shutil
+
+import pytest
+
+from conftest import COMMIT, load_json, run_cli
+from fake_hub import FakeHub, online_env
+
+
+@pytest.fixture()
+def hub(tmp_path, tiny_llama_dir):
+    root = tmp_path / "hub"
+    shutil.copytree(tiny_llama_dir, root / "org" / "tiny")
+    (root / "org" / "gated").mkdir(parents=True)
+    (root / "org" / "gated" / ".gated").write_text("")
+    with FakeHub(root, COMMIT) as server:
+        yield server
+
+
+SHARDS = [f"model-0000{i}-of-00004.safetensors" for i in range(1, 5)]
+
+
+def shard_blobs(cache):
+    snapshot = cache / "models--org--tiny" / "snapshots" / COMMIT
+    return sorted(path.name for path in snapshot.iterdir() if path.name.endswith(".safetensors"))
+
+
+def test_download_scan_and_keep(hub, tmp_path, tiny_llama_dir):
+    cache = tmp_path / "cache"
+    local = run_cli("--model", str(tiny_llama_dir), "--name", "org/tiny", "--cache-dir", "local", "--quiet", cwd=tmp_path)
+    assert local.returncode == 0, local.stderr
+    result = run_cli("--model", "org/tiny", "--quiet", cwd=tmp_path, env=online_env(cache, hub.endpoint))
+    assert result.returncode == 0, result.stderr
+    assert load_json(tmp_path / "model_snr_results" / "snr_results_org-tiny.json") == load_json(
+        tmp_path / "local" / "snr_results_org-tiny.json"
+    )
+    # Every shard is fetched whole exactly once, in order, and only after all headers were read remotely.
+    assert hub.full_downloads() == ["model.safetensors.index.json", *SHARDS]
+    first_download = next(i for i, (method, path, wanted) in enumerate(hub.log) if path == SHARDS[0] and not wanted)
+    header_reads = [i for i, (method, path, wanted) in enumerate(hub.log) if wanted == "bytes=0-100000"]
+    assert len(header_reads) == 4 and max(header_reads) < first_download
+    assert shard_blobs(cache) == SHARDS
+    meta = load_json(tmp_path / "model_snr_results" / "snr_results_org-tiny.meta.json")
+    assert meta["source"]["kind"] == "hub" and meta["source"]["revision"] == COMMIT
+    assert [shard["name"] for shard in meta["source"]["shards"]] == SHARDS
+    assert all(shard["size"] > 0 for shard in meta["source"]["shards"])
+
+    # A rescan with --no-keep-shards never deletes shards that were cached before it started.
+    hub.log.clear()
+    again = run_cli("--model", "org/tiny", "--rescan", "--no-keep-shards", "--quiet", cwd=tmp_path,
+                    env=online_env(cache, hub.endpoint))
+    assert again.returncode == 0, again.stderr
+    assert not [path for path in hub.full_downloads() if path.endswith(".safetensors")]
+    assert shard_blobs(cache) == SHARDS
+
+
+def test_no_keep_shards_deletes_what_it_downloaded(hub, tmp_path):
+    cache = tmp_path / "cache"
+    result = run_cli("--model", "org/tiny", "--no-keep-shards", "--quiet", cwd=tmp_path, env=online_env(cache, hub.endpoint))
+    assert result.returncode == 0, result.stderr
+    assert len(load_json(tmp_path / "model_snr_results" / "snr_results_org-tiny.json")) == 21
+    assert shard_blobs(cache) == []
+    blobs = list((cache / "models--org--tiny" / "blobs").iterdir())
+    assert len(blobs) == 1, "only the index is left"
+
+
+def test_unknown_and_gated_repos(hub, tmp_path):
+    env = online_env(tmp_path / "cache", hub.endpoint)
+    unknown = run_cli("--model", "org/nothing", cwd=tmp_path, env=env)
+    gated = run_cli("--model", "org/gated", cwd=tmp_path, env=env)
+    for result, words in ((unknown, "no such model on the Hub"), (gated, "is gated")):
+        assert result.returncode == 1
+        assert result.stderr.startswith("spectrum: error:") and words in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "model_snr_results").exists()
