@@ -11,6 +11,7 @@ import traceback
 
 from . import __version__
 from .cache import DEFAULT_CACHE_DIR, read_scores, scores_path, write_scores, atomic_write_text
+from .distributed import World, leave
 from .errors import SpectrumError, UsageError
 from .naming import compile_type_patterns, type_matches
 from .report import console, format_types, install_log_handler, print_summary, scan_progress
@@ -103,6 +104,10 @@ def run(args: argparse.Namespace) -> int:
     if args.list_types:
         return list_types(args.model, args.revision)
 
+    if args.output not in (None, "-"):
+        target = os.path.dirname(os.path.abspath(args.output))
+        if not os.path.isdir(target):
+            raise UsageError(f"--output {args.output}: {target} is not an existing folder; create it or choose another path")
     cache_file = scores_path(args.cache_dir, args.name or args.model)
     scores: Scores | None = None
     scanned = False
@@ -118,6 +123,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         scores = _scan(args, type_filter)
         scanned = True
+    world = World.from_env()
+    if not world.is_main:  # under torchrun, rank 0 writes everything
+        leave(world)
+        return 0
     if scanned:
         write_scores(cache_file, scores)
 
@@ -141,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
             scores_file=cache_file,
             yaml_file=yaml_file,
         )
+    leave(world)
     return 0
 
 

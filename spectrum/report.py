@@ -26,7 +26,6 @@ def install_log_handler() -> None:
     if not any(isinstance(handler, _ConsoleHandler) for handler in logger.handlers):
         logger.addHandler(_ConsoleHandler())
     logger.setLevel(logging.WARNING)
-    logger.propagate = False
 
 
 @contextmanager

@@ -7,6 +7,7 @@ than a few tensors. The model is never instantiated and no code from it runs.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Callable
 import torch
 
 from . import __version__
+from .distributed import World, gather, join, share
 from .errors import SpectrumError
 from .engine import resolve_device, resolve_method, singular_values
 from .naming import is_input_embedding, is_layer_module, is_output_head, module_name, module_type, natural_key
@@ -22,7 +24,7 @@ from .scores import ModuleScore, Scores
 from .pipeline import Batcher, Item, Reader, run_batches
 from .snr import scores_from_singular_values
 from .sources import TensorInfo, TensorSource, open_source
-from .sources.safetensors import FLOAT_DTYPES, FP8_DTYPES
+from .sources.safetensors import DTYPES, FLOAT_DTYPES, FP8_DTYPES
 
 LOG = logging.getLogger("spectrum")
 
@@ -70,8 +72,8 @@ def take_inventory(tensors: list[TensorInfo]) -> Inventory:
     embeddings: dict[str, str | None] = {"input": None, "output": None}
     for info in tensors:
         module = module_name(info.name)
-        if module is None or len(info.shape) != 2:
-            continue
+        if module is None or len(info.shape) != 2 or 0 in info.shape:
+            continue  # not a weight matrix (1-D, 3-D, or empty)
         if info.dtype in FP8_DTYPES:
             unsupported.append(info)
             continue
@@ -232,14 +234,37 @@ def scan(
     keep_shards: bool = True,
     on_progress: ProgressCallback | None = None,
 ) -> Scores:
-    """Scan a local folder, a `.safetensors` file or a Hub id and return the scores (nothing is written)."""
+    """Scan a local folder, a `.safetensors` file or a Hub id and return the scores (nothing is written).
+
+    Under `torchrun`, each rank scans its share and every rank returns the whole result;
+    `Scores.meta["world_size"]` says how many processes took part.
+    """
+    world = World.from_env()
+    device = join(world, device)
     source = open_source(model, revision=revision, keep_shards=keep_shards)
     try:
         entries, provenance = scan_source(
-            source, type_filter=type_filter, method=method, device=device, threads=threads, on_progress=on_progress
+            source,
+            type_filter=type_filter,
+            method=method,
+            device=device,
+            threads=threads,
+            share=lambda chosen: share(
+                world, chosen, lambda m: m.info.shard, lambda m: math.prod(m.shape) * DTYPES[m.info.dtype][1]
+            ),
+            on_progress=on_progress if world.is_main else None,
         )
     finally:
         source.close()
+    parts = gather(world, (entries, provenance))
+    if world.size > 1:
+        combined = {module: score for part, _ in parts for module, score in part.items()}
+        entries = dict(sorted(combined.items(), key=lambda item: (item[1].type, natural_key(item[0]))))
+        provenance["seconds"] = max(meta["seconds"] for _, meta in parts)
+        provenance["bytes_read"] = sum(meta["bytes_read"] for _, meta in parts)
+        provenance["devices"] = [meta["device"] for _, meta in parts]
+        provenance["matrices_per_rank"] = [len(part) for part, _ in parts]
+    provenance["world_size"] = world.size
     provenance["model"] = model
     return Scores(model=model, entries=entries, meta=provenance)
 

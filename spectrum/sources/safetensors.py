@@ -96,6 +96,8 @@ def _parse_header(path: str, shard: str, size: int) -> dict[str, _Entry]:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CorruptCheckpointError(path, f"header is not valid JSON ({err})") from err
+    except RecursionError as err:
+        raise CorruptCheckpointError(path, "header JSON is nested too deeply to be a safetensors header") from err
     if not isinstance(header, dict):
         raise CorruptCheckpointError(path, "header is not a JSON object")
 
@@ -117,7 +119,8 @@ def _parse_header(path: str, shard: str, size: int) -> dict[str, _Entry]:
             )
         entries[name] = _Entry(TensorInfo(name, dtype, shape, shard), data_start + begin, end - begin)
 
-    ordered = sorted(entries.values(), key=lambda entry: entry.begin)
+    # Zero-size tensors may share their offset with the next tensor: sort them first.
+    ordered = sorted(entries.values(), key=lambda entry: (entry.begin, entry.nbytes))
     for previous, current in zip(ordered, ordered[1:]):
         if current.begin < previous.begin + previous.nbytes:
             raise CorruptCheckpointError(path, f"tensors {previous.info.name} and {current.info.name} overlap")
@@ -132,6 +135,8 @@ def _check_spec(path: str, name: str, spec: object) -> tuple[str, tuple[int, ...
         raise CorruptCheckpointError(path, f"tensor {name} has no dtype")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise CorruptCheckpointError(path, f"tensor {name} has an invalid shape {shape!r}")
+    if math.prod(max(d, 1) for d in shape) >= 2**63:  # torch cannot even describe it, zero-size or not
+        raise CorruptCheckpointError(path, f"tensor {name} has an impossibly large shape {shape!r}")
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
@@ -225,6 +230,8 @@ def shards_from_index(index_path: str) -> list[str]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
         raise CorruptCheckpointError(index_path, f"not a valid safetensors index ({err})") from err
     names = sorted(set(weight_map.values()))
+    if not names:
+        raise CorruptCheckpointError(index_path, "weight_map names no tensor and no shard")
     for name in names:
         if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
             raise CorruptCheckpointError(index_path, f"shard name {name!r} points outside the model folder")

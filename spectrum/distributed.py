@@ -1,0 +1,90 @@
+"""Several processes, one scan: under `torchrun` each rank scores its share and rank 0 writes.
+
+The same code path runs in one process (a world of size 1). Work is shared by shards when
+there are at least as many shards as ranks (each rank then reads, or downloads, only its own
+shards), otherwise by matrices; either way greedily by bytes, largest first.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+from dataclasses import dataclass
+from typing import Sequence, TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the processes `torchrun` started."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> "World":
+        size = int(os.environ.get("WORLD_SIZE", "1"))
+        if size <= 1:
+            return cls()
+        return cls(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def join(world: World, device: str) -> str:
+    """Join the process group (gloo on CPU, NCCL on CUDA); returns this rank's device."""
+    if world.size == 1:
+        return device
+    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if use_cuda and device in ("auto", "cuda"):
+        return f"cuda:{world.local_rank}"
+    return device
+
+
+def _balanced(sizes: Sequence[int], parts: int) -> list[int]:
+    """Owner of each item: largest first to the least loaded part (ties: lowest part)."""
+    owners = [0] * len(sizes)
+    loads = [(0, part) for part in range(parts)]
+    for index in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        load, part = heapq.heappop(loads)
+        owners[index] = part
+        heapq.heappush(loads, (load + sizes[index], part))
+    return owners
+
+
+def share(world: World, matrices: list[T], shard_of, size_of) -> list[T]:
+    """This rank's part of `matrices` (all of them in a world of one)."""
+    if world.size == 1:
+        return matrices
+    shards = list(dict.fromkeys(shard_of(matrix) for matrix in matrices))
+    if len(shards) >= world.size:
+        shard_bytes = [sum(size_of(m) for m in matrices if shard_of(m) == shard) for shard in shards]
+        owner = dict(zip(shards, _balanced(shard_bytes, world.size)))
+        return [matrix for matrix in matrices if owner[shard_of(matrix)] == world.rank]
+    owners = _balanced([size_of(matrix) for matrix in matrices], world.size)
+    return [matrix for matrix, rank in zip(matrices, owners) if rank == world.rank]
+
+
+def gather(world: World, value: T) -> list[T]:
+    """Every rank's value, in rank order, on every rank."""
+    if world.size == 1:
+        return [value]
+    values: list = [None] * world.size
+    dist.all_gather_object(values, value)
+    return values
+
+
+def leave(world: World) -> None:
+    """Leave the process group once everyone is done."""
+    if world.size > 1 and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

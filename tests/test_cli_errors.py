@@ -1,0 +1,192 @@
+"""Every failure of the real command line: one line on stderr starting `spectrum: error:`, exit code 2
+for usage and 1 at run time, no traceback (unless --debug), and no file created or replaced."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import load_json, offline_env, run_cli
+from spectrum.cache import scores_path
+
+GOOD_SCORES = {
+    "model.layers.0.mlp.down_proj": {"snr": 1.25, "type": "mlp.down_proj"},
+    "model.layers.1.mlp.down_proj": {"snr": 0.5, "type": "mlp.down_proj"},
+}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+    """Offline, with an empty HF cache: a name that looks like a Hub id never reaches the network."""
+    return offline_env(tmp_path_factory.mktemp("empty-hf-cache"))
+
+
+def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under `directory`: content and modification time."""
+    return {
+        str(path.relative_to(directory)): (path.read_bytes(), path.stat().st_mtime_ns)
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
+
+
+def assert_one_line_error(result, code: int, *fragments: str) -> str:
+    assert result.returncode == code, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("spectrum: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+    assert result.stdout == ""
+    return lines[0]
+
+
+def run_and_expect(tmp_path: Path, env: dict, code: int, args: list[str], *fragments: str) -> str:
+    """Run the CLI in tmp_path; the error must be one line and tmp_path must be left exactly as it was."""
+    before = snapshot(tmp_path)
+    line = assert_one_line_error(run_cli(*args, cwd=tmp_path, env=env), code, *fragments)
+    assert snapshot(tmp_path) == before
+    return line
+
+
+def write_good_scores(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(GOOD_SCORES, indent=4) + "\n")
+
+
+def broken_copy(tiny_llama_dir: Path, destination: Path) -> tuple[Path, str]:
+    """A copy of the sharded checkpoint with its last shard cut short by 100 bytes."""
+    shutil.copytree(tiny_llama_dir, destination)
+    shard = sorted(p.name for p in destination.glob("*.safetensors"))[-1]
+    with open(destination / shard, "r+b") as handle:
+        handle.truncate((destination / shard).stat().st_size - 100)
+    return destination, shard
+
+
+# ---------------------------------------------------------------------------------------------
+# run-time errors (exit 1)
+
+
+def test_missing_path(tmp_path, env):
+    missing = tmp_path / "no-such-model"
+    run_and_expect(tmp_path, env, 1, ["--model", str(missing)], str(missing), "no such file or folder")
+
+
+def test_folder_without_weights(tmp_path, env):
+    model = tmp_path / "bin-only"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "pytorch_model.bin").write_bytes(b"\0" * 64)
+    run_and_expect(tmp_path, env, 1, ["--model", str(model)], str(model), "safetensors", "pytorch_model.bin")
+
+
+def test_truncated_shard_leaves_other_scores_untouched(tmp_path, env, tiny_llama_dir):
+    model, shard = broken_copy(tiny_llama_dir, tmp_path / "broken")
+    write_good_scores(tmp_path / "model_snr_results" / "snr_results_org-other-model.json")
+    run_and_expect(tmp_path, env, 1, ["--model", str(model), "--top-percent", "30"], shard, "truncated")
+    assert load_json(tmp_path / "model_snr_results" / "snr_results_org-other-model.json") == GOOD_SCORES
+    assert sorted(p.name for p in (tmp_path / "model_snr_results").iterdir()) == ["snr_results_org-other-model.json"]
+
+
+def test_truncated_shard_with_rescan_keeps_the_cached_scores(tmp_path, env, tiny_llama_dir):
+    model, shard = broken_copy(tiny_llama_dir, tmp_path / "broken")
+    write_good_scores(tmp_path / scores_path("model_snr_results", str(model)))
+    run_and_expect(tmp_path, env, 1, ["--model", str(model), "--rescan"], shard, "truncated", "download it again")
+
+
+@pytest.mark.parametrize("content", ["", "  \n\t \n", "{}", "not json"])
+def test_unreadable_cache_file(tmp_path, env, minilm_dir, content):
+    cache_file = tmp_path / scores_path("model_snr_results", str(minilm_dir))
+    cache_file.parent.mkdir()
+    cache_file.write_text(content)
+    run_and_expect(tmp_path, env, 1, ["--model", str(minilm_dir)], cache_file.name, "delete", "--rescan")
+    assert cache_file.read_text() == content
+
+
+def test_rescan_replaces_an_unreadable_cache_file(tmp_path, env, minilm_dir):
+    cache_file = tmp_path / scores_path("model_snr_results", str(minilm_dir))
+    cache_file.parent.mkdir()
+    cache_file.write_text("not json")
+    result = run_cli("--model", str(minilm_dir), "--rescan", "--quiet", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "" and result.stdout == ""
+    scores = load_json(cache_file)
+    assert len(scores) == 36
+    assert all(set(entry) == {"snr", "type"} and entry["snr"] > 0 for entry in scores.values())
+    meta = load_json(cache_file.with_name(cache_file.stem + ".meta.json"))
+    assert meta["source"]["kind"] == "local"
+    yaml_file = tmp_path / f"{cache_file.stem}_unfrozenparameters_50percent.yaml"
+    assert yaml_file.read_text().count("\n- ") == 1 + 36 // 2  # the embedding line and half of each type
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_unwritable_output_location(tmp_path, env, tiny_llama_dir):
+    blocker = tmp_path / "somefile"
+    blocker.write_text("a regular file, not a folder\n")
+    result = run_cli("--model", str(tiny_llama_dir), "--output", "somefile/x.yaml", "--quiet", cwd=tmp_path, env=env)
+    # Checked before any work: a usage error, nothing scanned, nothing written.
+    assert_one_line_error(result, 2, "somefile/x.yaml", "not an existing folder")
+    assert blocker.read_text() == "a regular file, not a folder\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["somefile"]
+
+
+def test_debug_shows_the_traceback(tmp_path, env):
+    missing = tmp_path / "no-such-model"
+    before = snapshot(tmp_path)
+    result = run_cli("--model", str(missing), "--debug", cwd=tmp_path, env=env)
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "SourceError" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("spectrum: error: ")
+    assert snapshot(tmp_path) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# usage errors (exit 2)
+
+
+BAD_PERCENTS = ["0", "-5", "101", "abc", "nan", "inf"]
+
+
+@pytest.mark.parametrize("value", ["0", "nan"])
+def test_bad_top_percent(tmp_path, env, minilm_dir, value):
+    run_and_expect(tmp_path, env, 2, ["--model", str(minilm_dir), "--top-percent", value], "--top-percent", value)
+
+
+@pytest.mark.parametrize("value", BAD_PERCENTS)
+def test_bad_top_percent_through_main(tmp_path, monkeypatch, capsys, minilm_dir, value):
+    """The same check for every bad value through `spectrum.cli.main` in this process (what
+    `python -m spectrum` runs), to keep the number of subprocesses down."""
+    from spectrum.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SPECTRUM_DEBUG", raising=False)
+    code = main(["--model", str(minilm_dir), "--top-percent", value])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.out == "" and "Traceback" not in captured.err
+    assert captured.err.splitlines() == [
+        f"spectrum: error: --top-percent must be a number greater than 0 and at most 100, not {value!r}"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_flag(tmp_path, env, minilm_dir):
+    run_and_expect(tmp_path, env, 2, ["--model", str(minilm_dir), "--frobnicate"], "--frobnicate", "spectrum --help")
+
+
+def test_missing_model(tmp_path, env):
+    run_and_expect(tmp_path, env, 2, ["--top-percent", "10"], "--model")
+
+
+def test_bad_types_regex(tmp_path, env, minilm_dir):
+    run_and_expect(tmp_path, env, 2, ["--model", str(minilm_dir), "--types", "mlp", "("], "--types", "'('",
+                   "regular expression")
+
+
+def test_zero_threads(tmp_path, env, minilm_dir):
+    run_and_expect(tmp_path, env, 2, ["--model", str(minilm_dir), "--threads", "0"], "--threads", "at least 1")

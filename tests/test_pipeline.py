@@ -1,0 +1,100 @@
+"""Reading overlapped with computing: batching, workers, errors crossing threads."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from spectrum.engine import lower_gram
+from spectrum.errors import CorruptCheckpointError
+from spectrum.pipeline import Batcher, Item, Reader, run_batches
+from spectrum.scan import scan, scan_source
+from spectrum.sources import open_source
+
+
+def item(rows: int, cols: int, tag: str) -> Item:
+    return Item(tag, torch.zeros(rows, cols, dtype=torch.bfloat16))
+
+
+def test_cpu_batches_are_single_matrices():
+    batcher = Batcher(batch_bytes=0, pending_bytes=0)
+    assert [[i.key for i in b] for b in batcher.add("g", item(4, 4, "a"))] == [["a"]]
+    assert batcher.flush() == []
+
+
+def test_gpu_batches_group_by_shape_up_to_budget():
+    batcher = Batcher(batch_bytes=3 * 32, pending_bytes=10_000)  # three 4x4 bf16 matrices a batch
+    ready = []
+    for index in range(7):
+        ready += batcher.add(("q", (4, 4)), item(4, 4, f"q{index}"))
+        ready += batcher.add(("k", (2, 4)), item(2, 4, f"k{index}"))
+    # q: 32 bytes each, a batch at the third; k: 16 bytes each, a batch at the sixth (q5 arrives before k5).
+    assert [[i.key for i in batch] for batch in ready] == [["q0", "q1", "q2"], ["q3", "q4", "q5"], ["k0", "k1", "k2", "k3", "k4", "k5"]]
+    assert [[i.key for i in batch] for batch in batcher.flush()] == [["q6"], ["k6"]]
+
+
+def test_pending_cap_flushes_the_largest_group():
+    batcher = Batcher(batch_bytes=1000, pending_bytes=100)
+    assert batcher.add("small", item(2, 4, "s")) == []
+    ready = batcher.add("big", item(8, 4, "b"))  # 16 + 64 bytes: under the cap
+    assert ready == []
+    ready = batcher.add("big", item(8, 4, "b2"))  # 144 > 100: the big group goes
+    assert [[i.key for i in batch] for batch in ready] == [["b", "b2"]]
+
+
+def test_run_batches_keeps_every_result_and_propagates_errors():
+    collected = []
+    items = ((None, Item(index, torch.zeros(1))) for index in range(20))
+    run_batches(items, Batcher(batch_bytes=0, pending_bytes=0), lambda b: [b[0].key * 2], workers=3,
+                on_results=collected.extend)
+    assert sorted(collected) == [2 * index for index in range(20)]
+
+    def broken(batch):
+        if batch[0].key == 5:
+            raise ValueError("worker failed")
+        return []
+
+    with pytest.raises(ValueError, match="worker failed"):
+        run_batches(((None, Item(i, torch.zeros(1))) for i in range(20)), Batcher(batch_bytes=0, pending_bytes=0),
+                    broken, workers=2, on_results=lambda r: None)
+
+
+def test_reader_errors_reach_the_consumer():
+    def produce():
+        yield "a", torch.zeros(2)
+        raise OSError("disk went away")
+
+    with pytest.raises(OSError, match="disk went away"):
+        list(Reader(produce, depth=1))
+
+
+def test_threads_do_not_change_scores(tiny_llama_dir):
+    one = scan(str(tiny_llama_dir), device="cpu", threads=1)
+    two = scan(str(tiny_llama_dir), device="cpu", threads=2)
+    assert one.entries == two.entries and list(one.entries) == list(two.entries)
+    assert two.meta["workers"] == 2
+    assert torch.get_num_threads() == torch.get_num_threads()  # restored after the scan (no crash)
+
+
+def test_file_shrinking_mid_scan_is_reported(tmp_path):
+    rng = torch.Generator().manual_seed(1)
+    tensors = {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(64, 32, generator=rng) for i in range(4)}
+    path = tmp_path / "model.safetensors"
+    save_file(tensors, str(path))
+    source = open_source(str(path))
+    source.tensors()  # header checked while the file was whole
+    os.truncate(path, os.path.getsize(path) - 4096)
+    with pytest.raises(CorruptCheckpointError, match="truncated"):
+        scan_source(source, device="cpu", threads=2)
+
+
+@pytest.mark.parametrize("rows,cols", [(600, 520), (520, 600), (1100, 1024)])
+def test_lower_gram_matches_the_full_product(rows, cols):
+    rng = np.random.default_rng(rows)
+    matrix = torch.from_numpy(rng.standard_normal((2, max(rows, cols), min(rows, cols))))
+    full = matrix.mT @ matrix
+    lower = lower_gram(matrix)
+    assert torch.allclose(torch.tril(lower), torch.tril(full), rtol=1e-12, atol=1e-9)
+    assert torch.allclose(torch.linalg.eigvalsh(lower), torch.linalg.eigvalsh(full), rtol=1e-10, atol=1e-8)
