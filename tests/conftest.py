@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))  # test this checkout, whatever else is installed
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
