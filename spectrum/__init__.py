@@ -11,11 +11,14 @@ from .cache import read_scores, scores_path, write_scores  # noqa: E402
 from .errors import CacheError, CorruptCheckpointError, SourceError, SpectrumError, UsageError  # noqa: E402
 from .scan import scan  # noqa: E402
 from .scores import ModuleScore, Scores  # noqa: E402
+from .store import Outcome, load_or_scan  # noqa: E402
 from .snr import score_from_singular_values, scores_from_singular_values  # noqa: E402
 
 __all__ = [
     "__version__",
     "scan",
+    "load_or_scan",
+    "Outcome",
     "Scores",
     "ModuleScore",
     "read_scores",

@@ -10,13 +10,13 @@ import time
 import traceback
 
 from . import __version__
-from .cache import DEFAULT_CACHE_DIR, read_scores, scores_path, write_scores, atomic_write_text
+from .cache import DEFAULT_CACHE_DIR, atomic_write_text
 from .distributed import World, leave
 from .errors import SpectrumError, UsageError
 from .naming import compile_type_patterns, type_matches
 from .report import console, format_types, install_log_handler, print_summary, scan_progress
-from .scan import default_type_filter, merge, missing_types, scan, take_inventory
-from .scores import Scores
+from .scan import default_type_filter, take_inventory
+from .store import load_or_scan
 from .select import format_percent, parse_top_percent
 from .sources import open_source
 
@@ -108,27 +108,25 @@ def run(args: argparse.Namespace) -> int:
         target = os.path.dirname(os.path.abspath(args.output))
         if not os.path.isdir(target):
             raise UsageError(f"--output {args.output}: {target} is not an existing folder; create it or choose another path")
-    cache_file = scores_path(args.cache_dir, args.name or args.model)
-    scores: Scores | None = None
-    scanned = False
-    if os.path.exists(cache_file) and not args.rescan:
-        cached = read_scores(cache_file, args.model)
-        missing = missing_types(cached, type_filter)
-        if missing == set():
-            scores = cached
-        else:
-            wanted = missing.__contains__ if missing else type_filter
-            scores = merge(cached, _scan(args, wanted))
-            scanned = True
-    else:
-        scores = _scan(args, type_filter)
-        scanned = True
+    with scan_progress(args.model, enabled=not args.quiet) as on_progress:
+        outcome = load_or_scan(
+            args.model,
+            cache_dir=args.cache_dir,
+            name=args.name,
+            rescan=args.rescan,
+            revision=args.revision,
+            type_filter=type_filter,
+            method=args.method,
+            device=args.device,
+            threads=args.threads,
+            keep_shards=args.keep_shards,
+            on_progress=on_progress,
+        )
+    scores, cache_file = outcome.scores, outcome.cache_file
     world = World.from_env()
     if not world.is_main:  # under torchrun, rank 0 writes everything
         leave(world)
         return 0
-    if scanned:
-        write_scores(cache_file, scores)
 
     selected_types = {t for t in scores.types() if type_matches(t, patterns)} if patterns else None
     yaml_text = scores.to_yaml(top_percent, types=selected_types, embeddings=not args.no_embeddings)
@@ -145,30 +143,13 @@ def run(args: argparse.Namespace) -> int:
             scores,
             scores.by_type(selected_types, top_percent),
             top_percent=percent_text,
-            scanned=scanned,
+            scanned=outcome.scanned,
             seconds=time.perf_counter() - started,
             scores_file=cache_file,
             yaml_file=yaml_file,
         )
     leave(world)
     return 0
-
-
-def _scan(args: argparse.Namespace, type_filter) -> Scores:
-    with scan_progress(args.model, enabled=not args.quiet) as on_progress:
-        scores = scan(
-            args.model,
-            revision=args.revision,
-            type_filter=type_filter,
-            method=args.method,
-            device=args.device,
-            threads=args.threads,
-            keep_shards=args.keep_shards,
-            on_progress=on_progress,
-        )
-    if args.name:
-        scores.meta["name"] = args.name
-    return scores
 
 
 def list_types(model: str, revision: str | None) -> int:

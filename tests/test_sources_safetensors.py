@@ -5,7 +5,6 @@ that names the problem (never a crash, never a large allocation)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import struct
 import time
