@@ -30,8 +30,9 @@ def stored_weights(path) -> dict[str, np.ndarray]:
         return {name: handle.get_tensor(name).to(torch.float64).numpy() for name in handle.keys()}
 
 
-def test_real_minilm_matches_reference(minilm_dir):
-    scores = scan(str(minilm_dir), device="cpu")
+@pytest.mark.parametrize("method", ["gram", "svd"])
+def test_real_minilm_matches_reference(minilm_dir, method):
+    scores = scan(str(minilm_dir), device="cpu", method=method)
     weights = stored_weights(minilm_dir / "model.safetensors")
     assert scores.types() == MINILM_TYPES
     assert len(scores.entries) == 36
@@ -40,7 +41,16 @@ def test_real_minilm_matches_reference(minilm_dir):
     # File order: by type, then by layer number.
     assert list(scores.entries)[:2] == ["encoder.layer.0.attention.output.dense", "encoder.layer.1.attention.output.dense"]
     assert scores.meta["embeddings"] == {"input": "embeddings.word_embeddings.weight", "output": None}
-    assert scores.meta["method"] == "gram" and scores.meta["device"] == "cpu"
+    assert scores.meta["method"] == method and scores.meta["device"] == "cpu"
+
+
+def test_selection_is_identical_across_methods_and_workers(minilm_dir, tiny_llama_dir):
+    for model in (minilm_dir, tiny_llama_dir):
+        runs = [scan(str(model), device="cpu", method=method, threads=threads)
+                for method, threads in (("gram", 1), ("svd", 2), ("auto", 2))]
+        for percent in ("10", "25", "50", "75"):
+            selections = [run.select(percent) for run in runs]
+            assert selections[0] == selections[1] == selections[2], (model, percent)
 
 
 @pytest.mark.parametrize("method", ["gram", "svd"])
