@@ -17,6 +17,7 @@ from .naming import compile_type_patterns, type_matches
 from .report import console, format_types, install_log_handler, print_summary, scan_progress
 from .scan import default_type_filter, take_inventory
 from .store import load_or_scan
+from .trainer import checked_yaml
 from .select import format_percent, parse_top_percent
 from .sources import open_source
 
@@ -53,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     # What to select
     parser.add_argument("--top-percent", default="50", metavar="K",
                         help="keep the top K%% of each type, 0 < K <= 100, decimals allowed (default: 50)")
+    parser.add_argument("--group-experts", action="store_true",
+                        help="rank all experts of one MoE projection together (default: each expert index is a type)")
+    parser.add_argument("--check", action=argparse.BooleanOptionalAction, default=None,
+                        help="build the model on the meta device from config.json and verify every YAML entry matches "
+                        "a parameter, writing the names transformers uses (default: when config.json is usable)")
     parser.add_argument("--no-embeddings", action="store_true",
                         help="leave the input-embedding and output-head lines out of the YAML")
     # Where results go
@@ -129,7 +135,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     selected_types = {t for t in scores.types() if type_matches(t, patterns)} if patterns else None
-    yaml_text = scores.to_yaml(top_percent, types=selected_types, embeddings=not args.no_embeddings)
+    yaml_text = checked_yaml(
+        scores,
+        top_percent,
+        model=args.model,
+        revision=args.revision,
+        types=selected_types,
+        embeddings=not args.no_embeddings,
+        group_experts=args.group_experts,
+        check=args.check,
+    )
     percent_text = format_percent(top_percent)
     if args.output == "-":
         sys.stdout.write(yaml_text)

@@ -31,13 +31,37 @@ def _first_layer_index(parts: list[str]) -> int | None:
     return None
 
 
-def module_type(name: str) -> str:
-    """The module type: everything after the first all-digit component, else the name itself."""
+def module_type(name: str, *, with_stack: bool = False) -> str:
+    """The module type: everything after the first all-digit component, else the name itself.
+
+    With `with_stack`, the stack (the part before that component) is kept in front, so that a
+    checkpoint with several stacks of layers (encoder and decoder, vision tower and language
+    model) ranks each stack on its own: `encoder.block.3.layer.0.SelfAttention.q` ->
+    `encoder.block.layer.0.SelfAttention.q`.
+    """
     parts = name.split(".")
     position = _first_layer_index(parts)
     if position is None or position == len(parts) - 1:
         return name
-    return ".".join(parts[position + 1 :])
+    rest = ".".join(parts[position + 1 :])
+    return ".".join(parts[:position] + [rest]) if with_stack and position > 0 else rest
+
+
+def stack_of(name: str) -> str | None:
+    """The stack a layered module belongs to: the name up to its first all-digit component."""
+    parts = name.split(".")
+    position = _first_layer_index(parts)
+    if position is None or position == len(parts) - 1:
+        return None
+    return ".".join(parts[:position])
+
+
+_EXPERT_INDEX = re.compile(r"(^|\.)experts\.\d+\.")
+
+
+def without_expert_index(name: str) -> str:
+    """`mlp.experts.7.down_proj` -> `mlp.experts.down_proj` (all experts of one projection together)."""
+    return _EXPERT_INDEX.sub(r"\1experts.", name, count=1)
 
 
 def layer_index(name: str) -> int | None:

@@ -19,7 +19,15 @@ from . import __version__
 from .distributed import World, gather, join, share
 from .errors import SpectrumError
 from .engine import resolve_device, resolve_method, singular_values
-from .naming import is_input_embedding, is_layer_module, is_output_head, module_name, module_type, natural_key
+from .naming import (
+    is_input_embedding,
+    is_layer_module,
+    is_output_head,
+    module_name,
+    module_type,
+    natural_key,
+    stack_of,
+)
 from .scores import ModuleScore, Scores
 from .pipeline import Batcher, Item, Reader, run_batches
 from .snr import scores_from_singular_values
@@ -34,16 +42,17 @@ ProgressCallback = Callable[[int, int, int], None]  # (matrices done, matrices t
 
 @dataclass(frozen=True)
 class Matrix:
-    """A 2-D floating-point weight to score."""
+    """A 2-D floating-point weight to score: a whole 2-D tensor, or one expert of a fused 3-D one."""
 
     info: TensorInfo
     module: str
     type: str
     layered: bool  # inside a numbered layer
+    expert: int | None = None  # index into a fused (experts, out, in) tensor
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.info.shape  # type: ignore[return-value]
+        return self.info.shape[-2:]  # type: ignore[return-value]
 
 
 @dataclass
@@ -66,24 +75,56 @@ class Inventory:
         return dict(sorted(summary.items()))
 
 
+def _fused_expert_modules(info: TensorInfo) -> list[str] | None:
+    """Per-expert module names of a fused (experts, out, in) tensor under an `experts` module, else None.
+
+    `model.layers.0.mlp.experts.gate_up_proj` with 8 experts -> `model.layers.0.mlp.experts.0.gate_up_proj`, ...
+    (the per-expert naming of unfused checkpoints, so that types follow the reference per expert).
+    """
+    if len(info.shape) != 3 or 0 in info.shape:
+        return None
+    name = module_name(info.name) or info.name
+    parts = name.split(".")
+    if "experts" not in parts[:-1]:
+        return None
+    position = len(parts) - 1 - parts[::-1].index("experts")
+    head, tail = ".".join(parts[: position + 1]), ".".join(parts[position + 1 :])
+    return [f"{head}.{expert}.{tail}" for expert in range(info.shape[0])]
+
+
 def take_inventory(tensors: list[TensorInfo]) -> Inventory:
-    """Every 2-D floating-point `*.weight` tensor, typed; 1-D and non-float tensors are left out."""
-    matrices, unsupported = [], []
+    """Every 2-D floating-point `*.weight` tensor (and each expert of a fused 3-D expert tensor), typed.
+
+    1-D and non-float tensors are left out. When the checkpoint has more than one stack of
+    numbered layers, types carry their stack so each stack is ranked on its own.
+    """
+    candidates: list[tuple[TensorInfo, str, int | None]] = []
+    unsupported = []
     embeddings: dict[str, str | None] = {"input": None, "output": None}
     for info in tensors:
+        if info.dtype not in FLOAT_DTYPES and info.dtype not in FP8_DTYPES:
+            continue
+        experts = _fused_expert_modules(info)
         module = module_name(info.name)
-        if module is None or len(info.shape) != 2 or 0 in info.shape:
-            continue  # not a weight matrix (1-D, 3-D, or empty)
+        if experts is None and (module is None or len(info.shape) != 2 or 0 in info.shape):
+            continue  # not a weight matrix (1-D, other 3-D, or empty)
         if info.dtype in FP8_DTYPES:
             unsupported.append(info)
             continue
-        if info.dtype not in FLOAT_DTYPES:
+        if experts is not None:
+            candidates.extend((info, expert_module, index) for index, expert_module in enumerate(experts))
             continue
-        matrices.append(Matrix(info, module, module_type(module), is_layer_module(module)))
+        candidates.append((info, module, None))
         if is_input_embedding(module) and embeddings["input"] is None:
             embeddings["input"] = info.name
         if is_output_head(module) and embeddings["output"] is None:
             embeddings["output"] = info.name
+    stacks = {stack for _, module, _ in candidates if (stack := stack_of(module)) is not None}
+    with_stack = len(stacks) > 1
+    matrices = [
+        Matrix(info, module, module_type(module, with_stack=with_stack), is_layer_module(module), expert)
+        for info, module, expert in candidates
+    ]
     return Inventory(matrices, unsupported, embeddings)
 
 
@@ -145,19 +186,20 @@ def scan_source(
     workers = threads or cpu_count()
     batch_bytes, pending_bytes, workers = _budgets(compute_device, workers)
 
-    by_shard: dict[str, list[Matrix]] = {}
+    by_shard: dict[str, dict[str, list[Matrix]]] = {}  # shard -> tensor name -> its matrices
     for matrix in mine:
-        by_shard.setdefault(matrix.info.shard, []).append(matrix)
+        by_shard.setdefault(matrix.info.shard, {}).setdefault(matrix.info.name, []).append(matrix)
     shards = [shard for shard in source.shard_order() if shard in by_shard]
-    matrix_of = {matrix.info.name: matrix for matrix in mine}
 
     def produce():
         for position, shard in enumerate(shards):
             source.prefetch(shard)  # queued first: the shard needed now
             if position + 1 < len(shards):
                 source.prefetch(shards[position + 1])  # downloads while this one is scanned
-            for info, tensor in source.read(shard, [matrix.info for matrix in by_shard[shard]]):
-                yield matrix_of[info.name], tensor
+            wanted_here = by_shard[shard]
+            for info, tensor in source.read(shard, [group[0].info for group in wanted_here.values()]):
+                for matrix in wanted_here[info.name]:
+                    yield matrix, (tensor if matrix.expert is None else tensor[matrix.expert])
             source.release(shard)
 
     def compute(batch: list[Item]) -> list[tuple[Matrix, float | None]]:

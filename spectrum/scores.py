@@ -6,7 +6,16 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from . import __version__
-from .select import DEFAULT_EMBEDDING_PATTERNS, format_percent, parse_top_percent, render_yaml, select_by_type
+from .naming import is_input_embedding, is_output_head, module_name
+from .select import (
+    DEFAULT_EMBEDDING_PATTERNS,
+    ParameterNames,
+    format_percent,
+    parse_top_percent,
+    render_yaml,
+    select_by_type,
+    trainer_entries,
+)
 
 
 @dataclass(frozen=True)
@@ -35,19 +44,48 @@ class Scores:
         """Module types in first-appearance order."""
         return list(dict.fromkeys(score.type for score in self.entries.values()))
 
-    def by_type(self, types: set[str] | None = None, top_percent: float | str | Fraction = 100) -> dict[str, list[str]]:
-        """type -> the top `top_percent`% of its modules, best first."""
+    def _rows(
+        self, types: set[str] | None, view: ParameterNames | None, group_experts: bool
+    ) -> tuple[list[tuple[str, float, str]], dict[str, str]]:
+        rows = [(module, score.snr, score.type) for module, score in self.entries.items()
+                if types is None or score.type in types]
+        return trainer_entries(rows, view, group_experts=group_experts)
+
+    def by_type(
+        self,
+        types: set[str] | None = None,
+        top_percent: float | str | Fraction = 100,
+        *,
+        view: ParameterNames | None = None,
+        group_experts: bool = False,
+    ) -> dict[str, list[str]]:
+        """type -> the top `top_percent`% of its modules, best first (under the trainer's names with `view`)."""
         percent = top_percent if isinstance(top_percent, Fraction) else parse_top_percent(top_percent)
-        rows = ((module, score.snr, score.type) for module, score in self.entries.items())
-        return select_by_type(rows, percent, types)
+        rows, _ = self._rows(types, view, group_experts)
+        return select_by_type(rows, percent)
 
-    def select(self, top_percent: float | str | Fraction, types: set[str] | None = None) -> list[str]:
+    def select(
+        self,
+        top_percent: float | str | Fraction,
+        types: set[str] | None = None,
+        *,
+        view: ParameterNames | None = None,
+        group_experts: bool = False,
+    ) -> list[str]:
         """The modules to unfreeze: the top `top_percent`% of each type."""
-        return [module for modules in self.by_type(types, top_percent).values() for module in modules]
+        selection = self.by_type(types, top_percent, view=view, group_experts=group_experts)
+        return [module for modules in selection.values() for module in modules]
 
-    def embedding_patterns(self) -> list[str]:
-        """`^<name>$` lines for the input embeddings and output head, under the checkpoint's real
-        tensor names when a scan recorded them, else the reference tool's two lines."""
+    def embedding_patterns(self, view: ParameterNames | None = None) -> list[str]:
+        """`^<name>$` lines for the output head and the input embeddings.
+
+        Under the model's real parameter names when the trainer's model is known (none for a
+        tied head), else the checkpoint's recorded tensor names, else the reference's two lines.
+        """
+        if view is not None:
+            output = next((p for p in view.parameters if is_output_head(module_name(p) or p)), None)
+            inputs = next((p for p in view.parameters if is_input_embedding(module_name(p) or p)), None)
+            return [f"^{name}$" for name in (output, inputs) if name]
         recorded = self.meta.get("embeddings")
         if not isinstance(recorded, dict):
             return list(DEFAULT_EMBEDDING_PATTERNS)
@@ -55,10 +93,19 @@ class Scores:
         return [f"^{name}$" for name in names if isinstance(name, str)]
 
     def to_yaml(
-        self, top_percent: float | str | Fraction, *, types: set[str] | None = None, embeddings: bool = True
+        self,
+        top_percent: float | str | Fraction,
+        *,
+        types: set[str] | None = None,
+        embeddings: bool = True,
+        view: ParameterNames | None = None,
+        group_experts: bool = False,
     ) -> str:
-        """The `unfrozen_parameters:` YAML for Axolotl."""
+        """The `unfrozen_parameters:` YAML for Axolotl (under the trainer's parameter names with `view`)."""
         percent = top_percent if isinstance(top_percent, Fraction) else parse_top_percent(top_percent)
         header = f"spectrum {__version__}: top {format_percent(percent)}% of modules per type by SNR, model {self.model}"
-        patterns = self.embedding_patterns() if embeddings else []
-        return render_yaml(self.by_type(types, percent), header=header, embedding_patterns=patterns)
+        if group_experts:
+            header += "\nexperts of one projection ranked together (--group-experts)"
+        rows, notes = self._rows(types, view, group_experts)
+        patterns = self.embedding_patterns(view) if embeddings else []
+        return render_yaml(select_by_type(rows, percent), header=header, embedding_patterns=patterns, notes=notes)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
-from typing import Iterable
+from statistics import fmean
+from typing import Iterable, Protocol
 
 from .errors import UsageError
+from .naming import module_type, stack_of, without_expert_index
 
 DEFAULT_EMBEDDING_PATTERNS = ("^lm_head.weight$", "^model.embed_tokens.weight$")
 
@@ -60,7 +62,68 @@ def select_by_type(
     return selection
 
 
-def render_yaml(selection: dict[str, list[str]], *, header: str, embedding_patterns: Iterable[str]) -> str:
+class ParameterNames(Protocol):
+    """What selection needs of the trainer's model (see `spectrum.trainer.TrainerView`)."""
+
+    parameters: dict[str, tuple[int, ...]]
+    fused: set[str]
+
+    def parameter_of(self, tensor_name: str) -> str: ...
+
+
+def trainer_entries(
+    entries: Iterable[tuple[str, float, str]], view: ParameterNames | None, *, group_experts: bool = False
+) -> tuple[list[tuple[str, float, str]], dict[str, str]]:
+    """Scored modules restated as what the trainer can freeze.
+
+    - A module transformers loads under another name gets that name.
+    - Modules that transformers fuses into one parameter (per-expert MoE weights into a 3-D
+      `mlp.experts.gate_up_proj`) become that parameter, scored by the **mean** of its source
+      matrices' scores: the trainer can only freeze the fused tensor whole, and the mean is the
+      average signal-to-noise of what unfreezing it trains.
+    - `group_experts` ranks all experts of one projection together (`mlp.experts.7.down_proj`
+      and `mlp.experts.3.down_proj` are both `mlp.experts.down_proj`).
+
+    Returns:
+        (name, score, type) in first-appearance order, and type -> a note for the YAML comment.
+    """
+    restated: list[tuple[str, float | list[float], str]] = []
+    fused_at: dict[str, int] = {}
+    notes: dict[str, str] = {}
+    for module, score, type_name in entries:
+        type_name = without_expert_index(type_name) if group_experts else type_name
+        if view is None:
+            restated.append((module, score, type_name))
+            continue
+        parameter = view.parameter_of(module + ".weight")
+        if parameter not in view.parameters and without_expert_index(module) in view.parameters:
+            parameter = without_expert_index(module)  # one expert of a fused 3-D checkpoint tensor
+        if parameter in view.fused or parameter == without_expert_index(module) != module:
+            if parameter not in fused_at:
+                keeps_stack = stack_of(module) is not None and type_name.startswith(f"{stack_of(module)}.")
+                fused_type = module_type(parameter, with_stack=keeps_stack)
+                fused_at[parameter] = len(restated)
+                restated.append((parameter, [], fused_type))
+            restated[fused_at[parameter]][1].append(score)  # type: ignore[union-attr]
+            continue
+        name = parameter[: -len(".weight")] if parameter.endswith(".weight") else parameter
+        restated.append((name, score, type_name))
+    result = []
+    for name, score, type_name in restated:
+        if isinstance(score, list):
+            notes[type_name] = f"fused: each ranked by the mean score of its {len(score)} source matrices"
+            score = fmean(score)
+        result.append((name, score, type_name))
+    return result, notes
+
+
+def render_yaml(
+    selection: dict[str, list[str]],
+    *,
+    header: str,
+    embedding_patterns: Iterable[str],
+    notes: dict[str, str] | None = None,
+) -> str:
     """The `unfrozen_parameters:` YAML, in the reference tool's layout.
 
     Entries are plain module names (Axolotl applies them with `re.match` after escaping dots);
@@ -70,6 +133,12 @@ def render_yaml(selection: dict[str, list[str]], *, header: str, embedding_patte
     lines.append("unfrozen_parameters:")
     lines.extend(f"- {pattern}" for pattern in embedding_patterns)
     for type_name, modules in selection.items():
-        lines.append(f"# {type_name} layers")
+        note = (notes or {}).get(type_name)
+        lines.append(f"# {type_name} layers" + (f" ({note})" if note else ""))
         lines.extend(f"- {module}" for module in modules)
     return "\n".join(lines) + "\n"
+
+
+def yaml_entries(yaml_text: str) -> list[str]:
+    """The list entries of an `unfrozen_parameters:` YAML we wrote (comments skipped)."""
+    return [line[2:] for line in yaml_text.splitlines() if line.startswith("- ")]

@@ -1,0 +1,179 @@
+"""The model as the trainer builds it: parameter names, and how checkpoint tensors map onto them.
+
+The YAML is applied (by Axolotl, or `spectrum.freeze`) to `model.named_parameters()` of the model
+the installed transformers builds, which is not always what the checkpoint stores: transformers 5
+fuses per-expert MoE weights into 3-D `mlp.experts.gate_up_proj` / `down_proj` parameters, and
+vision-language checkpoints load under `model.language_model.`. The model is built on the meta
+device from its config alone (no weights, no remote code) and transformers' own conversion
+mapping renames each checkpoint tensor, so no hand-written copy of those rules is kept here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+
+LOG = logging.getLogger("spectrum")
+
+
+def axolotl_pattern(entry: str) -> re.Pattern[str]:
+    """How Axolotl reads an `unfrozen_parameters` entry: every `.` not followed by `+` is a literal dot."""
+    return re.compile(re.sub(r"\.(?!\+)", r"\\.", entry))
+
+
+def unmatched_entries(entries: list[str], parameter_names: list[str]) -> list[str]:
+    """Entries that `re.match` no parameter name under Axolotl's rule."""
+    missing = []
+    for entry in entries:
+        pattern = axolotl_pattern(entry)
+        if not any(pattern.match(name) for name in parameter_names):
+            missing.append(entry)
+    return missing
+
+
+@dataclass
+class TrainerView:
+    """Parameter names of the model as built, and checkpoint tensor -> parameter.
+
+    Args:
+        architecture: the class that was built (`MixtralForCausalLM`).
+        parameters: parameter name -> shape.
+        renamed: checkpoint tensor name -> parameter name, for every tensor transformers renames or fuses.
+        fused: parameter names built from several checkpoint tensors (e.g. fused experts).
+    """
+
+    architecture: str
+    parameters: dict[str, tuple[int, ...]]
+    renamed: dict[str, str] = field(default_factory=dict)
+    fused: set[str] = field(default_factory=set)
+
+    def parameter_of(self, tensor_name: str) -> str:
+        """The parameter a checkpoint tensor loads into (itself when transformers keeps the name)."""
+        return self.renamed.get(tensor_name, tensor_name)
+
+
+def find_config(model: str, revision: str | None = None) -> str | None:
+    """`config.json` beside the weights: in the local folder, or for a Hub id from the HF cache (or Hub)."""
+    expanded = os.path.expanduser(model)
+    if os.path.isdir(expanded):
+        path = os.path.join(expanded, "config.json")
+        return path if os.path.isfile(path) else None
+    if os.path.isfile(expanded):
+        path = os.path.join(os.path.dirname(os.path.abspath(expanded)), "config.json")
+        return path if os.path.isfile(path) else None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return hf_hub_download(model, "config.json", revision=revision)
+    except Exception:  # noqa: BLE001 - no config reachable: the check is skipped, not the run
+        return None
+
+
+def build_view(config_path: str, tensor_names: list[str]) -> TrainerView | None:
+    """Build the model on the meta device from `config.json` and map the checkpoint's tensor names.
+
+    Returns None (and logs why) when transformers does not know the architecture without remote code.
+    """
+    try:
+        import torch
+        import transformers
+        from transformers import AutoConfig
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+    except ImportError as err:  # an older transformers: names are taken as stored
+        LOG.info("transformers lacks the conversion mapping (%s); names are taken as stored", err)
+        return None
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            raw = json.load(handle)
+        config = AutoConfig.from_pretrained(os.path.dirname(config_path), trust_remote_code=False)
+    except Exception as err:  # noqa: BLE001 - unknown model type, custom code, broken config
+        LOG.info("transformers cannot build this model from its config (%s); names are not checked", err)
+        return None
+    candidates = [getattr(transformers, name, None) for name in raw.get("architectures") or []]
+    candidates += [transformers.AutoModelForCausalLM, transformers.AutoModel]
+    model = None
+    for candidate in candidates:
+        if candidate is None:
+            continue
+        try:
+            with torch.device("meta"):
+                if hasattr(candidate, "from_config"):
+                    model = candidate.from_config(config, trust_remote_code=False)
+                else:
+                    model = candidate(config)
+            break
+        except Exception:  # noqa: BLE001 - try the next class
+            continue
+    if model is None:
+        LOG.info("no transformers class builds %s; names are not checked", raw.get("architectures"))
+        return None
+
+    parameters = {name: tuple(parameter.shape) for name, parameter in model.named_parameters()}
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    state = model.state_dict()
+    renamed: dict[str, str] = {}
+    fused: set[str] = set()
+    for name in tensor_names:
+        target, converter = rename_source_key(name, renamings, converters, model.base_model_prefix, state)
+        if target != name:
+            renamed[name] = target
+        if converter is not None:
+            fused.add(target)
+    return TrainerView(type(model).__name__, parameters, renamed, fused)
+
+
+def checked_yaml(
+    scores,
+    top_percent,
+    *,
+    model: str,
+    revision: str | None = None,
+    types: set[str] | None = None,
+    embeddings: bool = True,
+    group_experts: bool = False,
+    check: bool | None = None,
+) -> str:
+    """The YAML under the names of the model the trainer builds, verified against it.
+
+    Args:
+        check: True: build the model from its config and fail if that is impossible or any entry
+            matches no parameter; None (default): the same when `config.json` is found and
+            transformers knows the architecture, else names as stored; False: names as stored.
+
+    Raises:
+        SpectrumError: an entry matches no parameter, or `check=True` and the model cannot be built.
+    """
+    from .errors import SpectrumError
+    from .select import yaml_entries
+
+    view = None
+    if check is not False:
+        config = find_config(model, revision)
+        if config is not None:
+            tensor_names = [module + ".weight" for module in scores.entries]
+            recorded = scores.meta.get("embeddings")
+            if isinstance(recorded, dict):
+                tensor_names += [name for name in recorded.values() if isinstance(name, str)]
+            view = build_view(config, tensor_names)
+        if view is None and check:
+            raise SpectrumError(
+                f"--check needs the model's config.json and an architecture transformers knows; none usable for "
+                f"{model} (pass --no-check to write the names as stored)"
+            )
+    text = scores.to_yaml(top_percent, types=types, embeddings=embeddings, view=view, group_experts=group_experts)
+    if view is not None:
+        missing = unmatched_entries(yaml_entries(text), list(view.parameters))
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise SpectrumError(
+                f"{len(missing)} YAML entries match no parameter of {view.architecture} as transformers builds it "
+                f"({shown}); the checkpoint's names differ from the model's: report this, or pass --no-check"
+            )
+        LOG.info("checked: every entry matches a parameter of %s", view.architecture)
+    return text

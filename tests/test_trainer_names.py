@@ -1,0 +1,189 @@
+"""YAML entries name what the trainer builds: MoE (per-expert and fused), a vision-language model,
+GPT-2, T5, checked against the model built on the meta device from its config."""
+
+import json
+import re
+
+import pytest
+import torch
+import transformers as T
+from safetensors.torch import save_file
+
+from conftest import run_cli
+from reference import reference_score
+from spectrum.errors import SpectrumError
+from spectrum.scan import scan
+from spectrum.select import yaml_entries
+from spectrum.trainer import axolotl_pattern, build_view, checked_yaml, unmatched_entries
+
+
+def small(family: str):
+    """A tiny random model of each family, as transformers builds it."""
+    torch.manual_seed(0)
+    text = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=32)
+    if family == "mixtral":
+        return T.MixtralForCausalLM(T.MixtralConfig(**text, num_local_experts=4, num_experts_per_tok=2))
+    if family == "qwen2_moe":
+        return T.Qwen2MoeForCausalLM(T.Qwen2MoeConfig(**text, moe_intermediate_size=24, shared_expert_intermediate_size=40,
+                                                      num_experts=4, num_experts_per_tok=2))
+    if family == "llava":
+        vision = T.CLIPVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                                    image_size=32, patch_size=8, projection_dim=32)
+        return T.LlavaForConditionalGeneration(T.LlavaConfig(vision_config=vision, text_config=T.LlamaConfig(**text),
+                                                             image_token_index=95))
+    if family == "gpt2":
+        return T.GPT2LMHeadModel(T.GPT2Config(vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_positions=32,
+                                              bos_token_id=0, eos_token_id=0))
+    if family == "t5":
+        return T.T5ForConditionalGeneration(T.T5Config(vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_layers=2,
+                                                       num_decoder_layers=2, num_heads=4))
+    raise ValueError(family)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    folders = {}
+    for family in ("mixtral", "qwen2_moe", "llava", "gpt2", "t5"):
+        folder = tmp_path_factory.mktemp(family)
+        small(family).save_pretrained(folder, max_shard_size="30KB")
+        folders[family] = folder
+    return folders
+
+
+def unfrozen(parameters: list[str], entries: list[str]) -> set[str]:
+    """Parameters Axolotl unfreezes: re.match of each entry with its dots made literal (written independently)."""
+    patterns = [re.compile(entry.replace(".", r"\.")) for entry in entries]
+    return {name for name in parameters if any(pattern.match(name) for pattern in patterns)}
+
+
+def meta_parameters(family: str) -> list[str]:
+    with torch.device("meta"):
+        return [name for name, _ in small(family).named_parameters()]
+
+
+# family -> parameters unfrozen at 50% of 2 layers (1 layer per type), counted by hand:
+EXPECTED = {
+    # embeddings 2; fused gate_up 1, fused down 1, router 1; q, k, v, o 4
+    "mixtral": 9,
+    # embeddings 2; fused gate_up 1, fused down 1, router 1; shared expert gate/up/down 3, shared-expert gate 1;
+    # q, k, v with biases 6, o 1
+    "qwen2_moe": 16,
+    # embeddings 2 (lm_head, language model embed_tokens); language q, k, v, o, gate, up, down 7;
+    # vision q, k, v, out_proj, fc1, fc2 with biases 12
+    "llava": 21,
+    # wte only (lm_head is tied, not a parameter of its own); c_attn, c_proj, c_fc, mlp.c_proj with biases 8
+    "gpt2": 9,
+    # shared; encoder q, k, v, o, wi, wo 6 + relative_attention_bias of block 0 (1 of 1 -> 0 kept at 50%);
+    # decoder self q, k, v, o 4 + cross q, k, v, o 4 + wi, wo 2
+    "t5": 17,
+}
+
+
+@pytest.mark.parametrize("family", list(EXPECTED))
+def test_yaml_unfreezes_exactly_what_is_expected(checkpoints, family):
+    scores = scan(str(checkpoints[family]), device="cpu", threads=1)
+    text = checked_yaml(scores, 50, model=str(checkpoints[family]))
+    entries = yaml_entries(text)
+    parameters = meta_parameters(family)
+    assert unmatched_entries(entries, parameters) == []
+    assert len(unfrozen(parameters, entries)) == EXPECTED[family], text
+
+
+def test_moe_experts_fused_by_transformers(checkpoints):
+    scores = scan(str(checkpoints["mixtral"]), device="cpu", threads=1)
+    # Scored per expert under the checkpoint's names, typed per expert as the reference does.
+    assert scores.entries["model.layers.0.block_sparse_moe.experts.3.w1"].type == "block_sparse_moe.experts.3.w1"
+    assert sum(1 for module in scores.entries if ".experts." in module) == 2 * 4 * 3
+    text = checked_yaml(scores, 50, model=str(checkpoints["mixtral"]))
+    assert "# mlp.experts.gate_up_proj layers (fused: each ranked by the mean score of its 8 source matrices)\n" in text
+    # The fused parameter kept is the layer whose experts' mean score is higher.
+    means = {layer: sum(scores.entries[f"model.layers.{layer}.block_sparse_moe.experts.{e}.{w}"].snr
+                        for e in range(4) for w in ("w1", "w3")) / 8 for layer in (0, 1)}
+    best = max(means, key=means.get)
+    assert f"- model.layers.{best}.mlp.experts.gate_up_proj\n" in text
+    assert f"- model.layers.{1 - best}.mlp.experts.gate_up_proj\n" not in text
+
+
+def test_group_experts_ranks_one_projection_together(checkpoints):
+    scores = scan(str(checkpoints["mixtral"]), device="cpu", threads=1)
+    text = checked_yaml(scores, 50, model=str(checkpoints["mixtral"]), check=False, group_experts=True)
+    block = text.split("# block_sparse_moe.experts.w1 layers\n")[1].split("#")[0]
+    chosen = [line[2:] for line in block.splitlines()]
+    ranked = sorted((m for m in scores.entries if m.endswith(".w1")), key=lambda m: -scores.entries[m].snr)
+    assert chosen == ranked[:4]  # 2 layers x 4 experts, top half
+
+
+def test_two_stacks_are_ranked_apart(checkpoints):
+    scores = scan(str(checkpoints["t5"]), device="cpu", threads=1)
+    types = set(scores.types())
+    assert "encoder.block.layer.0.SelfAttention.q" in types and "decoder.block.layer.0.SelfAttention.q" in types
+    llava = scan(str(checkpoints["llava"]), device="cpu", threads=1)
+    assert {"language_model.model.layers.self_attn.q_proj", "vision_tower.encoder.layers.self_attn.q_proj"} <= set(llava.types())
+    text = checked_yaml(llava, 50, model=str(checkpoints["llava"]))
+    assert "- ^lm_head.weight$\n- ^model.language_model.embed_tokens.weight$\n" in text
+    assert re.search(r"^- model\.language_model\.layers\.[01]\.self_attn\.q_proj$", text, re.M)
+
+
+def test_single_stack_keeps_reference_types(tiny_llama_dir):
+    assert "self_attn.q_proj" in scan(str(tiny_llama_dir), device="cpu").types()
+
+
+def test_fused_3d_expert_tensors_are_scored_per_expert(tmp_path):
+    model = small("mixtral")
+    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    save_file(state, str(tmp_path / "model.safetensors"))  # the model's own fused names, (experts, out, in)
+    model.config.save_pretrained(tmp_path)
+    scores = scan(str(tmp_path), device="cpu", threads=1)
+    fused = state["model.layers.1.mlp.experts.gate_up_proj"]  # (4, 96, 32)
+    for expert in range(4):
+        entry = scores.entries[f"model.layers.1.mlp.experts.{expert}.gate_up_proj"]
+        assert entry.type == f"mlp.experts.{expert}.gate_up_proj"
+        assert entry.snr == pytest.approx(reference_score(fused[expert].double().numpy()), rel=1e-9)
+    text = checked_yaml(scores, 50, model=str(tmp_path))
+    assert "(fused: each ranked by the mean score of its 4 source matrices)" in text
+    assert len(unfrozen(meta_parameters("mixtral"), yaml_entries(text))) == 9
+
+
+def test_axolotl_rule():
+    assert axolotl_pattern("model.layers.1.mlp").match("model.layers.1.mlp.down_proj.weight")
+    assert not axolotl_pattern("model.layers.1.mlp").match("model.layers.1xmlp")
+    assert axolotl_pattern("model.layers.1.+mlp").match("model.layers.1.self_attn.mlp")  # ".+" stays a wildcard
+
+
+def test_entries_matching_nothing_are_an_error(tmp_path, tiny_llama_dir):
+    from safetensors import safe_open
+
+    tensors = {}
+    for shard in sorted(tiny_llama_dir.glob("*.safetensors")):
+        with safe_open(str(shard), framework="pt") as handle:
+            tensors.update({name: handle.get_tensor(name) for name in handle.keys()})
+    tensors["model.layers.0.mlp.mystery_proj.weight"] = tensors.pop("model.layers.0.mlp.up_proj.weight")
+    tensors["model.layers.1.mlp.mystery_proj.weight"] = tensors.pop("model.layers.1.mlp.up_proj.weight")
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text((tiny_llama_dir / "config.json").read_text())
+    scores = scan(str(tmp_path), device="cpu")
+    with pytest.raises(SpectrumError, match="match no parameter of LlamaForCausalLM"):
+        checked_yaml(scores, 50, model=str(tmp_path))
+    assert "mystery_proj" in checked_yaml(scores, 50, model=str(tmp_path), check=False)
+    result = run_cli("--model", str(tmp_path), "--output", "-", cwd=tmp_path)
+    assert result.returncode == 1 and "mystery_proj" in result.stderr and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1
+    forced = run_cli("--model", str(tmp_path), "--no-check", "--output", "-", "--quiet", cwd=tmp_path)
+    assert forced.returncode == 0 and "mystery_proj" in forced.stdout
+
+
+def test_check_without_a_config(tmp_path, minilm_dir):
+    single = tmp_path / "weights.safetensors"
+    single.write_bytes((minilm_dir / "model.safetensors").read_bytes())
+    assert run_cli("--model", str(single), "--quiet", "--output", "-", cwd=tmp_path).returncode == 0  # auto: skipped
+    forced = run_cli("--model", str(single), "--check", "--output", "-", cwd=tmp_path)
+    assert forced.returncode == 1 and "--check needs the model's config.json" in forced.stderr
+
+
+def test_view_maps_checkpoint_names(checkpoints):
+    names = json.loads((checkpoints["llava"] / "model.safetensors.index.json").read_text())["weight_map"]
+    view = build_view(str(checkpoints["llava"] / "config.json"), list(names))
+    assert view.architecture == "LlavaForConditionalGeneration"
+    assert view.parameter_of("language_model.model.layers.0.mlp.down_proj.weight") == "model.language_model.layers.0.mlp.down_proj.weight"
+    assert view.parameter_of("language_model.lm_head.weight") == "lm_head.weight"
