@@ -35,8 +35,9 @@ def test_download_scan_and_keep(hub, tmp_path, tiny_llama_dir):
     assert load_json(tmp_path / "model_snr_results" / "snr_results_org-tiny.json") == load_json(
         tmp_path / "local" / "snr_results_org-tiny.json"
     )
-    # Every shard is fetched whole exactly once, in order, and only after all headers were read remotely.
-    assert hub.full_downloads() == ["model.safetensors.index.json", *SHARDS]
+    # Every shard is fetched whole exactly once, in order, and only after all headers were read remotely;
+    # config.json comes last, for checking the YAML against the model transformers builds.
+    assert hub.full_downloads() == ["model.safetensors.index.json", *SHARDS, "config.json"]
     first_download = next(i for i, (method, path, wanted) in enumerate(hub.log) if path == SHARDS[0] and not wanted)
     header_reads = [i for i, (method, path, wanted) in enumerate(hub.log) if wanted == "bytes=0-100000"]
     assert len(header_reads) == 4 and max(header_reads) < first_download
@@ -61,8 +62,9 @@ def test_no_keep_shards_deletes_what_it_downloaded(hub, tmp_path):
     assert result.returncode == 0, result.stderr
     assert len(load_json(tmp_path / "model_snr_results" / "snr_results_org-tiny.json")) == 21
     assert shard_blobs(cache) == []
-    blobs = list((cache / "models--org--tiny" / "blobs").iterdir())
-    assert len(blobs) == 1, "only the index is left"
+    snapshot = cache / "models--org--tiny" / "snapshots" / COMMIT
+    assert sorted(path.name for path in snapshot.iterdir()) == ["config.json", "model.safetensors.index.json"]
+    assert len(list((cache / "models--org--tiny" / "blobs").iterdir())) == 2, "only the index and config are left"
 
 
 def test_unknown_and_gated_repos(hub, tmp_path):
