@@ -159,12 +159,15 @@ def scan_source(
     device: str = "auto",
     threads: int | None = None,
     share: Callable[[list[Matrix]], list[Matrix]] | None = None,
+    batch_bytes: int | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> tuple[dict[str, ModuleScore], dict]:
     """Score the chosen matrices of an open source.
 
     Args:
         share: picks this process's part of the work (under torchrun); default: everything.
+        batch_bytes: stored bytes of same-shape matrices per batch; default: the device's own
+            (one matrix a batch on CPU, a share of free memory on CUDA).
 
     Returns:
         (module -> ModuleScore in (type, layer) order, provenance for the sidecar).
@@ -184,7 +187,11 @@ def scan_source(
     concrete_method = resolve_method(method, compute_device)
     mine = share(chosen) if share else chosen
     workers = threads or cpu_count()
-    batch_bytes, pending_bytes, workers = _budgets(compute_device, workers)
+    default_batch, pending_bytes, workers = _budgets(compute_device, workers)
+    if batch_bytes is None:
+        batch_bytes = default_batch
+    else:
+        pending_bytes = max(pending_bytes, 2 * batch_bytes)
 
     by_shard: dict[str, dict[str, list[Matrix]]] = {}  # shard -> tensor name -> its matrices
     for matrix in mine:

@@ -98,3 +98,21 @@ def test_lower_gram_matches_the_full_product(rows, cols):
     lower = lower_gram(matrix)
     assert torch.allclose(torch.tril(lower), torch.tril(full), rtol=1e-12, atol=1e-9)
     assert torch.allclose(torch.linalg.eigvalsh(lower), torch.linalg.eigvalsh(full), rtol=1e-10, atol=1e-8)
+
+
+def test_batched_path_matches_one_by_one(tiny_llama_dir):
+    """The same-shape batches used on CUDA, run on CPU: identical scores."""
+    single, _ = scan_source(open_source(str(tiny_llama_dir)), device="cpu", threads=1)
+    batched, meta = scan_source(open_source(str(tiny_llama_dir)), device="cpu", threads=1, batch_bytes=1 << 20)
+    assert batched == single and list(batched) == list(single)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_scan_matches_cpu(tiny_llama_dir, minilm_dir):
+    for model in (tiny_llama_dir, minilm_dir):
+        on_cpu = scan(str(model), device="cpu")
+        on_gpu = scan(str(model), device="cuda")
+        assert on_gpu.meta["device"].startswith("cuda")
+        for module, score in on_cpu.entries.items():
+            assert on_gpu.entries[module].snr == pytest.approx(score.snr, rel=1e-9), module
+        assert on_gpu.select(25) == on_cpu.select(25)
