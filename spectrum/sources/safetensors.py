@@ -17,6 +17,7 @@ import torch
 
 from ..errors import CorruptCheckpointError, SourceError
 from .base import ShardInfo, SourceDescription, TensorInfo, TensorSource
+from .quantized import FP8_SCALE_SUFFIX, dequantize_fp8, fp8_block_size, read_config, refuse_packed_tensors
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -153,6 +154,8 @@ class ShardedSafetensors(TensorSource):
     def __init__(self, shard_names: list[str]) -> None:
         self.shard_names = shard_names
         self._files: dict[str, SafetensorsFile] = {}
+        self._listing: dict[str, TensorInfo] | None = None
+        self._fp8_block: tuple[int, int] | None = None
 
     def _local_path(self, shard: str) -> str:
         """A local path to the shard (downloading it if needed)."""
@@ -166,16 +169,38 @@ class ShardedSafetensors(TensorSource):
     def _shard_tensors(self, shard: str) -> list[TensorInfo]:
         return [entry.info for entry in self._file(shard).entries.values()]
 
+    def _config(self) -> dict | None:
+        """The checkpoint's `config.json`, when it can be had (FP8 block size)."""
+        return None
+
     def tensors(self) -> list[TensorInfo]:
-        return [info for shard in self.shard_names for info in self._shard_tensors(shard)]
+        if self._listing is None:
+            infos = [info for shard in self.shard_names for info in self._shard_tensors(shard)]
+            refuse_packed_tensors([info.name for info in infos], self.describe().location)
+            self._listing = {info.name: info for info in infos}
+        return list(self._listing.values())
 
     def shard_order(self) -> list[str]:
         return list(self.shard_names)
 
     def read(self, shard: str, infos: list[TensorInfo]):
+        """As stored, except FP8 weights with a `*_scale_inv` tensor: those come dequantized, float32."""
         handle = self._file(shard)
         for info in sorted(infos, key=lambda i: handle.entries[i.name].begin):
-            yield info, handle.read(info)
+            tensor = handle.read(info)
+            if info.dtype in FP8_DTYPES and (scale := self._fp8_scale(handle, info)) is not None:
+                if self._fp8_block is None:
+                    self._fp8_block = fp8_block_size(self._config())
+                tensor = dequantize_fp8(tensor, scale, self._fp8_block, name=info.name, path=handle.path)
+            yield info, tensor
+
+    def _fp8_scale(self, handle: SafetensorsFile, info: TensorInfo) -> torch.Tensor | None:
+        """The `*.weight_scale_inv` of an FP8 weight, from its shard or another one; None without one."""
+        name = info.name + FP8_SCALE_SUFFIX
+        if name in handle.entries:
+            return handle.read(handle.entries[name].info)
+        scale = (self._listing or {}).get(name)
+        return None if scale is None else self._file(scale.shard).read(scale)
 
     def close(self) -> None:
         self._files.clear()
@@ -207,12 +232,15 @@ class LocalSafetensorsSource(ShardedSafetensors):
         shard_names = sorted(name for name in os.listdir(path) if name.endswith(".safetensors"))
         if not shard_names:
             others = [name for name in os.listdir(path) if name.endswith((".bin", ".gguf", ".pt", ".pth"))]
-            hint = f" (found {others[0]}: only safetensors is supported so far)" if others else ""
+            hint = f" (found {others[0]}, which is not a weights file spectrum reads)" if others else ""
             raise SourceError(f"{path} holds no *.safetensors weights{hint}; pass a folder with a safetensors checkpoint")
         return cls(path, shard_names)
 
     def _local_path(self, shard: str) -> str:
         return os.path.join(self.root, shard)
+
+    def _config(self) -> dict | None:
+        return read_config(self.root)
 
     def describe(self) -> SourceDescription:
         shards = [ShardInfo(name, os.path.getsize(self._local_path(name))) for name in self.shard_names]

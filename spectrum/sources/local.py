@@ -1,0 +1,48 @@
+"""A local path -> the source for its format: safetensors first, then `pytorch_model*.bin`, then one `.gguf`."""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import SourceError
+from .base import TensorSource
+from .quantized import read_config, refuse_packed_config
+from .safetensors import INDEX_FILE, LocalSafetensorsSource
+from .torch_bin import BIN_SUFFIXES, TorchBinSource, bin_shards_in
+
+
+def open_local(path: str) -> TensorSource:
+    """Open a weights file or a model folder.
+
+    A folder is read as safetensors when it has any (they win over `.bin` copies of the same
+    weights), else as `pytorch_model*.bin`, else as the one `.gguf` file it holds. A folder
+    whose `config.json` declares a packed quantization (GPTQ, AWQ, bitsandbytes) is refused.
+    """
+    if os.path.isfile(path):
+        if path.endswith(".gguf"):
+            from .gguf import GGUFSource  # the gguf package is imported only for GGUF files
+
+            return GGUFSource(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        refuse_packed_config(read_config(folder), path, folder=folder)
+        if path.endswith(BIN_SUFFIXES):
+            return TorchBinSource.from_path(path)
+        return LocalSafetensorsSource.from_path(path)
+
+    refuse_packed_config(read_config(path), path, folder=path)
+    names = os.listdir(path)
+    if INDEX_FILE in names or any(name.endswith(".safetensors") for name in names):
+        return LocalSafetensorsSource.from_path(path)
+    if bin_shards_in(path):
+        return TorchBinSource.from_path(path)
+    ggufs = sorted(name for name in names if name.endswith(".gguf"))
+    if len(ggufs) == 1:
+        from .gguf import GGUFSource
+
+        return GGUFSource(os.path.join(path, ggufs[0]))
+    if len(ggufs) > 1:
+        raise SourceError(
+            f"{path} holds {len(ggufs)} .gguf files ({', '.join(ggufs[:3])}{', ...' if len(ggufs) > 3 else ''}); "
+            "pass the one to scan as --model FOLDER/FILE.gguf"
+        )
+    return LocalSafetensorsSource.from_path(path)  # raises: no weights here
