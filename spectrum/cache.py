@@ -8,6 +8,7 @@ sidecar. Every write goes to a temporary file first and is renamed into place.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 
@@ -90,6 +91,9 @@ def parse_scores(text: str, path: str = "<scores>") -> dict[str, ModuleScore]:
             )
     if not entries:
         raise CacheError(path, "scores file holds no scores; delete it or rerun with --rescan")
+    for module, score in entries.items():
+        if math.isnan(score.snr):  # NaN cannot be ranked: the selection would depend on where it stands
+            raise CacheError(path, f"entry {module!r} has a NaN score; delete the file or rerun with --rescan")
     return entries
 
 

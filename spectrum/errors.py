@@ -44,3 +44,17 @@ class CacheError(SpectrumError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class UnsupportedFormatError(SpectrumError):
+    """Raised when a checkpoint is in a format or encoding that cannot be scored.
+
+    Quantized packings (GPTQ, AWQ, bitsandbytes), GGUF architectures or quantization types
+    without a mapping, and pickles that hold more than tensors. The message names the format
+    and what to use instead.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, format: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.format = format

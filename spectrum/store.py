@@ -1,17 +1,39 @@
 """Scores of a model from its cache file when that answers the request, else from a scan that is then cached.
 
 This is where the cache and the scanner meet: the CLI and the Python API both call `load_or_scan`.
+It is also where a cache entry is kept whole when scans are interrupted or run side by side:
+
+- **Validity**: the sidecar records what the scores were computed from. A local folder whose
+  shards changed (names or sizes), or a Hub id whose revision now points to another commit in
+  the local Hugging Face cache, is reported and scanned again instead of reused.
+- **Resume**: a scan commits each score to `snr_results_<slug>.partial.jsonl` as it comes
+  (`spectrum.journal`); an interrupted scan resumes from it, and it is deleted once the scores
+  file is written. Axolotl never reads it: it is not named like a scores file.
+- **Concurrency**: a scan holds the entry's lock (`spectrum.lock`) from the cache decision to the
+  rename of the scores file into place. A second process scanning the same model into the same
+  folder waits, then reuses the first one's result. Readers need no lock: every file is replaced
+  by an atomic rename.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from dataclasses import dataclass
 
 from .cache import read_scores, scores_path, write_scores
 from .distributed import World
+from .errors import SpectrumError
+from .journal import PartialScan, ScanInterrupted, partial_path
+from .lock import EntryLock, lock_path
 from .scan import ProgressCallback, TypeFilter, merge, missing_types, scan
 from .scores import Scores
+from .snr import DEFAULT_THRESHOLD
+
+LOG = logging.getLogger("spectrum")
+
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 @dataclass
@@ -21,6 +43,16 @@ class Outcome:
     scores: Scores
     cache_file: str
     scanned: bool
+
+
+@dataclass
+class _Plan:
+    """What the cache file can do for a request."""
+
+    reuse: Scores | None = None  # the cached scores answer it
+    keep: Scores | None = None  # cached scores to keep; scan `wanted` and add them
+    wanted: TypeFilter | None = None  # what to scan (None: the default types)
+    stale: str | None = None  # why the cached scores were not used, to report
 
 
 def load_or_scan(
@@ -38,27 +70,183 @@ def load_or_scan(
     device: str = "auto",
     threads: int | None = None,
     keep_shards: bool = True,
+    threshold: str = DEFAULT_THRESHOLD,
     on_progress: ProgressCallback | None = None,
 ) -> Outcome:
-    """Cached scores when they cover the request; otherwise scan (only the missing types, when the
-    cache has some) and write the cache. Under torchrun only rank 0 writes."""
-    cache_file = scores_path(cache_dir, name or model)
+    """Cached scores when they cover the request and are still valid; otherwise scan (only the
+    missing types, when the cache has some) and write the cache. Under torchrun only rank 0 writes.
 
-    def fresh(wanted: TypeFilter | None) -> Scores:
-        scores = scan(model, revision=revision, type_filter=wanted, method=method, device=device,
-                      threads=threads, keep_shards=keep_shards, on_progress=on_progress)
+    Scores made with another `threshold` (the sidecar's; none recorded means the default) cover
+    nothing: the model is scanned again and the file replaced.
+
+    A scan resumes an interrupted scan of the same weights from its `.partial.jsonl`, and holds
+    the entry's lock: a concurrent call for the same entry waits, then reuses this one's result.
+
+    Raises:
+        ScanInterrupted: (a KeyboardInterrupt) on Ctrl-C during a scan; says what is saved.
+    """
+    cache_file = scores_path(cache_dir, name or model)
+    world = World.from_env()
+    total: list[int] = []  # matrices the scan has to score, once it knows
+
+    def progress(done: int, count: int, nbytes: int) -> None:
+        total[:] = [count]
+        if on_progress:
+            on_progress(done, count, nbytes)
+
+    def fresh(wanted: TypeFilter | None, journal: PartialScan | None) -> Scores:
+        scores = scan(model, revision=revision, type_filter=wanted, method=method, device=device, threads=threads,
+                      keep_shards=keep_shards, threshold=threshold, on_progress=progress, journal=journal)
         if name:
             scores.meta["name"] = name
         return scores
 
-    if os.path.exists(cache_file) and not rescan:
-        cached = read_scores(cache_file, model)
-        missing = missing_types(cached, type_filter)
-        if missing == set():
-            return Outcome(cached, cache_file, scanned=False)
-        scores = merge(cached, fresh(missing.__contains__ if missing else type_filter))
+    def settle(plan: _Plan, journal: PartialScan | None) -> Outcome:
+        if plan.reuse is not None:
+            return Outcome(plan.reuse, cache_file, scanned=False)
+        scores = fresh(plan.wanted, journal)
+        if plan.keep is not None:
+            scores = merge(plan.keep, scores)
+        if world.is_main:
+            write_scores(cache_file, scores)
+        return Outcome(scores, cache_file, scanned=True)
+
+    def consult() -> _Plan:
+        return _plan(cache_file, model, revision=revision, type_filter=type_filter, threshold=threshold)
+
+    if not rescan:
+        plan = consult()
+        if plan.reuse is not None:  # no lock needed to read: files are only ever replaced whole
+            return Outcome(plan.reuse, cache_file, scanned=False)
+    if world.size > 1:  # the ranks scan together; rank 0 writes (no journal, no lock)
+        return settle(_Plan(wanted=type_filter) if rescan else plan, None)
+
+    before = _identity(cache_file)
+    with EntryLock(lock_path(cache_file), on_wait=lambda pid: _report_wait(cache_file, pid)):
+        if not rescan or _identity(cache_file) != before:
+            plan = consult()  # another process may have written the entry in the meantime
+            if plan.stale:
+                LOG.warning("%s: cached scores are out of date (%s); scanning again", cache_file, plan.stale)
+        else:
+            plan = _Plan(wanted=type_filter)
+        if plan.reuse is not None:
+            return Outcome(plan.reuse, cache_file, scanned=False)
+        journal = PartialScan(partial_path(cache_file), context={"threshold": threshold})
+        try:
+            outcome = settle(plan, journal)
+        except KeyboardInterrupt as err:
+            _keep_or_discard(journal)
+            raise ScanInterrupted(journal.saved, total[0] if total else None, journal.path) from err
+        except BaseException:
+            _keep_or_discard(journal)
+            raise
+        journal.discard()  # its scores are in the scores file now
+        return outcome
+
+
+def _keep_or_discard(journal: PartialScan) -> None:
+    """After a failed scan: keep the journal for a later run to resume, unless it holds nothing."""
+    if journal.saved:
+        journal.close()
     else:
-        scores = fresh(type_filter)
-    if World.from_env().is_main:
-        write_scores(cache_file, scores)
-    return Outcome(scores, cache_file, scanned=True)
+        journal.discard()
+
+
+def _report_wait(cache_file: str, pid: int | None) -> None:
+    holder = f"process {pid}" if pid else "another spectrum process"
+    LOG.warning("%s: %s is scanning this model; waiting for it, then using its scores", cache_file, holder)
+
+
+def _identity(path: str) -> tuple[int, int, int] | None:
+    """Which file is at `path` (an atomic rename gives a new inode), or None."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_ino, status.st_size, status.st_mtime_ns
+
+
+def _plan(cache_file: str, model: str, *, revision: str | None, type_filter: TypeFilter | None, threshold: str) -> _Plan:
+    if not os.path.exists(cache_file):
+        return _Plan(wanted=type_filter)
+    cached = read_scores(cache_file, model)
+    if cached.meta.get("threshold", DEFAULT_THRESHOLD) != threshold:
+        return _Plan(wanted=type_filter)
+    reason = stale_reason(cached.meta, model, revision)
+    if reason:
+        return _Plan(wanted=type_filter, stale=reason)
+    missing = missing_types(cached, type_filter)
+    if missing == set():
+        return _Plan(reuse=cached)
+    return _Plan(keep=cached, wanted=missing.__contains__ if missing else type_filter)
+
+
+def stale_reason(meta: dict, model: str, revision: str | None = None) -> str | None:
+    """Why cached scores no longer describe `model`'s weights, or None when they do (or it cannot be told).
+
+    A local folder is compared by shard names and sizes, listed without reading any weights. A
+    Hub id is compared by commit, when the local Hugging Face cache says which commit `revision`
+    (default `main`) points to; the Hub itself is not asked. A cache without provenance (made
+    elsewhere), or whose weights are gone, cannot be checked and is trusted.
+    """
+    source = meta.get("source")
+    if not isinstance(source, dict):
+        return None
+    expanded = os.path.expanduser(model)
+    if os.path.exists(expanded):
+        return _shards_changed(source.get("shards"), _local_shards(expanded))
+    commit = _cached_commit(model, revision)
+    recorded = source.get("revision")
+    if commit and source.get("kind") == "hub" and isinstance(recorded, str) and recorded != commit:
+        return (f"they are for commit {recorded[:12]}, and {revision or 'main'} is now commit {commit[:12]} "
+                "in the Hugging Face cache")
+    return None
+
+
+def _local_shards(path: str) -> list[tuple[str, int | None]] | None:
+    """(name, size) of each weight file of a local model, from a listing; None when it cannot be opened."""
+    from .sources.local import open_local
+
+    try:
+        source = open_local(path)
+        try:
+            description = source.describe()
+        finally:
+            source.close()
+    except (SpectrumError, OSError):
+        return None
+    return [(shard.name, shard.size) for shard in description.shards]
+
+
+def _shards_changed(recorded: object, current: list[tuple[str, int | None]] | None) -> str | None:
+    if current is None or not isinstance(recorded, list) or not recorded:
+        return None
+    then = {entry.get("name"): entry.get("size") for entry in recorded if isinstance(entry, dict)}
+    now = dict(current)
+    if set(then) != set(now):
+        gone, new = sorted(set(then) - set(now), key=str), sorted(set(now) - set(then))
+        parts = ([f"{_names(gone)} gone"] if gone else []) + ([f"{_names(new)} new"] if new else [])
+        return "the weight files changed: " + ", ".join(parts)
+    for shard, size in now.items():
+        if isinstance(then[shard], int) and size is not None and then[shard] != size:
+            return f"{shard} was {then[shard]} bytes when scanned and is {size} bytes now"
+    return None
+
+
+def _names(names: list) -> str:
+    return ", ".join(str(name) for name in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def _cached_commit(repo_id: str, revision: str | None) -> str | None:
+    """The commit `revision` points to in the local Hugging Face cache (`refs/<revision>`), or None."""
+    if revision and _COMMIT.match(revision):
+        return revision
+    from huggingface_hub import constants
+
+    ref = os.path.join(constants.HF_HUB_CACHE, f"models--{repo_id.replace('/', '--')}", "refs", revision or "main")
+    try:
+        with open(ref, encoding="utf-8") as handle:
+            commit = handle.read().strip()
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return commit if _COMMIT.match(commit) else None
