@@ -3,29 +3,53 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
 import re
 import sys
 import time
 import traceback
+from fractions import Fraction
 
 from . import __version__
-from .cache import DEFAULT_CACHE_DIR, atomic_write_text
+from .cache import DEFAULT_CACHE_DIR, atomic_write_text, scores_path
 from .distributed import World, leave
 from .errors import SpectrumError, UsageError
 from .naming import compile_type_patterns, type_matches
-from .report import console, format_types, install_log_handler, print_summary, scan_progress
+from .report import (
+    ask,
+    console,
+    format_types,
+    install_log_handler,
+    print_line,
+    print_status,
+    print_summary,
+    scan_progress,
+)
 from .scan import default_type_filter, take_inventory
-from .store import load_or_scan
-from .trainer import checked_yaml
 from .select import format_percent, parse_top_percent
+from .snr import DEFAULT_THRESHOLD, THRESHOLDS
 from .sources import open_source
+from .store import load_or_scan
+from .summary import summarize, summary_record
+from .trainer import checked_yaml
+
+LOG = logging.getLogger("spectrum")
 
 EXAMPLES = """examples:
   spectrum --model meta-llama/Meta-Llama-3-8B --top-percent 25
   spectrum --model ./my-model --top-percent 30 --output unfrozen.yaml
   spectrum --model ./my-model --list-types
   spectrum --model ./my-model --types 'mlp\\.' 'self_attn\\.' --top-percent 50 --output -
+  spectrum --model Qwen/Qwen2.5-0.5B --model meta-llama/Llama-3.2-1B --top-percent 25 --json
+  spectrum --models-from models.txt --top-percent 25 --quiet
+  spectrum report meta-llama/Meta-Llama-3-8B --top-percent 25     (heatmap PNG + HTML from the cache)
+"""
+
+REPORT_EXAMPLES = """examples:
+  spectrum report meta-llama/Meta-Llama-3-8B --top-percent 25
+  spectrum report model_snr_results/snr_results_org-name.json --png scan.png --html scan.html
 """
 
 
@@ -43,14 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     # What to scan
-    parser.add_argument("--model", "--model-name", dest="model", required=True, metavar="MODEL",
-                        help="local folder, .safetensors file, or Hub id org/name (--model-name is an alias)")
+    parser.add_argument("--model", "--model-name", dest="model", action="append", metavar="MODEL",
+                        help="local folder, .safetensors file, or Hub id org/name (--model-name is an alias); "
+                        "repeat for several models")
+    parser.add_argument("--models-from", metavar="FILE",
+                        help="read more models from FILE, one a line ('#' comments and blank lines skipped; - is stdin)")
     parser.add_argument("--revision", help="Hub branch, tag or commit (Hub ids only)")
     parser.add_argument("--types", nargs="+", metavar="REGEX",
                         help="scan and select the module types matching any REGEX (re.search); "
                         "default: the types inside numbered layers")
     parser.add_argument("--list-types", action="store_true",
                         help="print the checkpoint's matrix types with counts and shapes (headers only) and exit")
+    parser.add_argument("--interactive", action="store_true",
+                        help="pick the module types from a checklist (needs a terminal; otherwise the flags apply)")
     # What to select
     parser.add_argument("--top-percent", default="50", metavar="K",
                         help="keep the top K%% of each type, 0 < K <= 100, decimals allowed (default: 50)")
@@ -71,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: snr_results_<slug>_unfrozenparameters_<K>percent.yaml)")
     parser.add_argument("--rescan", action="store_true", help="ignore cached scores and scan again")
     # How to compute
+    parser.add_argument("--threshold", default=DEFAULT_THRESHOLD, choices=THRESHOLDS,
+                        help="signal/noise split of the singular values: the reference's Marchenko-Pastur edge "
+                        "(default) or Gavish-Donoho's optimal hard threshold (a departure from the reference)")
     parser.add_argument("--method", default="auto", choices=("auto", "gram", "svd"),
                         help="singular values by float64 Gram eigenvalues or float32 SVD (default: auto)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
@@ -80,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep Hub shards this scan downloads in the HF cache (--no-keep-shards deletes each "
                         "once scanned; shards that were already cached are never deleted)")
     # Output
-    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary (failures still show)")
+    parser.add_argument("--json", action="store_true",
+                        help="print a machine-readable summary on stdout, one JSON object a line per model")
     parser.add_argument("--debug", action="store_true", help="show tracebacks (also SPECTRUM_DEBUG=1)")
     parser.add_argument("--version", action="version", version=f"spectrum {__version__}")
     return parser
@@ -96,27 +130,80 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _type_patterns(values: list[str] | None) -> list[re.Pattern[str]] | None:
+    """The compiled `--types` expressions (None when not given); a bad one is a usage error."""
+    if not values:
+        return None
+    try:
+        return compile_type_patterns(values)
+    except re.error as err:
+        raise UsageError(f"--types: {err.pattern!r} is not a valid regular expression ({err})") from err
+
+
 def run(args: argparse.Namespace) -> int:
-    started = time.perf_counter()
     top_percent = parse_top_percent(args.top_percent)
-    patterns = None
-    if args.types:
-        try:
-            patterns = compile_type_patterns(args.types)
-        except re.error as err:
-            raise UsageError(f"--types: {err.pattern!r} is not a valid regular expression ({err})") from err
-    type_filter = (lambda type_name: type_matches(type_name, patterns)) if patterns else None
-
+    patterns = _type_patterns(args.types)
+    models = _models(args)
+    _check_flags(args, models)
     if args.list_types:
-        return list_types(args.model, args.revision)
-
+        return list_types(models[0], args.revision)
     if args.output not in (None, "-"):
         target = os.path.dirname(os.path.abspath(args.output))
         if not os.path.isdir(target):
             raise UsageError(f"--output {args.output}: {target} is not an existing folder; create it or choose another path")
-    with scan_progress(args.model, enabled=not args.quiet) as on_progress:
+    interactive = args.interactive and sys.stdin.isatty()
+    if args.interactive and not interactive:
+        LOG.warning("--interactive needs a terminal on stdin; going on with the flags")
+
+    several = len(models) > 1
+    failed: list[str] = []
+    for position, model in enumerate(models, start=1):
+        try:
+            record = run_model(args, model, top_percent, patterns, interactive=interactive, first=position == 1)
+        except (SpectrumError, OSError) as err:
+            if isinstance(err, UsageError) or not several:
+                if args.json:
+                    _print_json({"model": model, "ok": False, "error": _message(err)})
+                raise
+            failed.append(model)
+            if args.json:
+                _print_json({"model": model, "ok": False, "error": _message(err)})
+            message = _message(err)
+            print_status(position, len(models), model, message.removeprefix(f"{model}: "), ok=False)
+            continue
+        if record is None:  # a torchrun rank other than 0: rank 0 reports
+            continue
+        if several and not args.quiet:
+            how = "scanned" if record["scanned"] else "cached"
+            print_status(position, len(models), model, f"{how}, {record['selected']} of {record['matrices']} "
+                         f"matrices selected -> {record['yaml_file']}", ok=True)
+    world = World.from_env()
+    if several and world.is_main and (failed or not args.quiet):
+        done = len(models) - len(failed)
+        print_line(f"{done} of {len(models)} models done" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    leave(world)  # under torchrun, once every model is done
+    return 1 if failed else 0
+
+
+def run_model(
+    args: argparse.Namespace,
+    model: str,
+    top_percent: Fraction,
+    patterns: list[re.Pattern[str]] | None,
+    *,
+    interactive: bool,
+    first: bool,
+) -> dict | None:
+    """Scores (cached or scanned), the YAML, and the summary of one model; its summary record (None off rank 0)."""
+    started = time.perf_counter()
+    type_filter = (lambda type_name: type_matches(type_name, patterns)) if patterns else None
+    selected_types = None
+    if interactive:
+        chosen = choose_types_for(model, args.revision, patterns)
+        type_filter, selected_types = chosen.__contains__, chosen
+    with scan_progress(model, enabled=not args.quiet) as on_progress:
         outcome = load_or_scan(
-            args.model,
+            model,
             cache_dir=args.cache_dir,
             name=args.name,
             rescan=args.rescan,
@@ -126,19 +213,19 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             threads=args.threads,
             keep_shards=args.keep_shards,
+            threshold=args.threshold,
             on_progress=on_progress,
         )
     scores, cache_file = outcome.scores, outcome.cache_file
-    world = World.from_env()
-    if not world.is_main:  # under torchrun, rank 0 writes everything
-        leave(world)
-        return 0
+    if not World.from_env().is_main:  # under torchrun, rank 0 writes everything
+        return None
 
-    selected_types = {t for t in scores.types() if type_matches(t, patterns)} if patterns else None
+    if patterns and selected_types is None:
+        selected_types = {t for t in scores.types() if type_matches(t, patterns)}
     yaml_text = checked_yaml(
         scores,
         top_percent,
-        model=args.model,
+        model=model,
         revision=args.revision,
         types=selected_types,
         embeddings=not args.no_embeddings,
@@ -147,23 +234,142 @@ def run(args: argparse.Namespace) -> int:
     )
     percent_text = format_percent(top_percent)
     if args.output == "-":
-        sys.stdout.write(yaml_text)
+        sys.stdout.write(yaml_text if first else "---\n" + yaml_text)
         sys.stdout.flush()
         yaml_file = "<stdout>"
     else:
         yaml_file = args.output or f"{os.path.basename(cache_file)[: -len('.json')]}_unfrozenparameters_{percent_text}percent.yaml"
         atomic_write_text(yaml_file, yaml_text)
+    summaries = summarize(scores, top_percent, types=selected_types, group_experts=args.group_experts)
+    seconds = time.perf_counter() - started
+    record = summary_record(
+        args.name or model, summaries, top_percent=top_percent, scanned=outcome.scanned, seconds=seconds,
+        scores_file=cache_file, yaml_file=yaml_file, threshold=scores.meta.get("threshold", DEFAULT_THRESHOLD),
+    )
+    if args.json:
+        _print_json(record)
+    elif not args.quiet:
+        print_summary(args.name or model, summaries, top_percent=percent_text, scanned=outcome.scanned,
+                      seconds=seconds, scores_file=cache_file, yaml_file=yaml_file)
+    return record
+
+
+def _models(args: argparse.Namespace) -> list[str]:
+    """--model values, then the lines of --models-from, in order."""
+    models = list(args.model or [])
+    if args.models_from:
+        try:
+            if args.models_from == "-":
+                lines = sys.stdin.read().splitlines()
+            else:
+                with open(args.models_from, encoding="utf-8") as handle:
+                    lines = handle.read().splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            reason = getattr(err, "strerror", None) or str(err)
+            raise UsageError(f"--models-from {args.models_from}: cannot read it ({reason})") from err
+        models += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        if not models:
+            raise UsageError(f"--models-from {args.models_from}: no model in it (one a line)")
+    if not models:
+        raise UsageError("the following arguments are required: --model (or --models-from FILE)")
+    return models
+
+
+def _check_flags(args: argparse.Namespace, models: list[str]) -> None:
+    """Flag combinations that cannot work, named with the fix."""
+    if args.json and args.output == "-":
+        raise UsageError("--json and --output - both write to stdout; give --output a file path, or drop --json")
+    if args.interactive and args.models_from == "-":
+        raise UsageError("--interactive reads answers from stdin, so --models-from cannot be - with it")
+    if len(models) > 1:
+        for flag, value in (("--name", args.name), ("--revision", args.revision), ("--list-types", args.list_types)):
+            if value:
+                raise UsageError(f"{flag} applies to one model; run each model on its own to use it")
+        if args.output not in (None, "-"):
+            raise UsageError("--output PATH with several models would write each over the last; "
+                             "leave it out (one file per model) or use --output -")
+
+
+def choose_types_for(model: str, revision: str | None, patterns: list[re.Pattern[str]] | None) -> set[str]:
+    """The checklist for one model, from its headers; the flags' choice starts checked."""
+    from .interactive import choose_types
+
+    source = open_source(model, revision=revision)
+    try:
+        inventory = take_inventory(source.tensors())
+    finally:
+        source.close()
+    types = inventory.types()
+    default = default_type_filter(inventory)
+    checked = {t for t in types if (type_matches(t, patterns) if patterns else default(t))}
+    return choose_types(model, types, checked, ask=ask, say=print_line)
+
+
+def _message(err: BaseException) -> str:
+    if isinstance(err, OSError) and not isinstance(err, SpectrumError):
+        where = f"{err.filename}: " if err.filename else ""
+        return f"{where}{err.strerror or err}"
+    return str(err)
+
+
+def _print_json(record: dict) -> None:
+    sys.stdout.write(json.dumps(record) + "\n")
+    sys.stdout.flush()
+
+
+def build_report_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="spectrum report",
+        description="Draw a model's cached scores: a heatmap PNG (layers down, module types across, colour = score, "
+        "selected cells marked) and a self-contained HTML page with per-type tables. Reads no weights; needs "
+        "matplotlib (pip install 'spectrum[plot]').",
+        epilog=REPORT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", metavar="MODEL",
+                        help="the model id or path (or --name) it was scanned under, or a scores file")
+    parser.add_argument("--top-percent", default="50", metavar="K",
+                        help="mark the top K%% of each type, 0 < K <= 100 (default: 50)")
+    parser.add_argument("--types", nargs="+", metavar="REGEX", help="only the module types matching any REGEX")
+    parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, metavar="DIR",
+                        help="folder of the scores files (default: ./model_snr_results)")
+    parser.add_argument("--png", metavar="PATH", help="heatmap path (default: snr_results_<slug>_<K>percent.png)")
+    parser.add_argument("--html", metavar="PATH", help="HTML path (default: snr_results_<slug>_<K>percent.html)")
+    parser.add_argument("--no-html", action="store_true", help="write the heatmap only")
+    parser.add_argument("--quiet", action="store_true", help="do not print where the files are")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (also SPECTRUM_DEBUG=1)")
+    return parser
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """`spectrum report MODEL`: the heatmap and the HTML page, from the cache alone."""
+    from .html_report import default_report_paths, write_report
+    from .plot import require_matplotlib
+    from .results import load_scores
+
+    top_percent = parse_top_percent(args.top_percent)
+    patterns = _type_patterns(args.types)
+    if args.no_html and args.html:
+        raise UsageError("--html and --no-html contradict each other; keep one")
+    for flag, path in (("--png", args.png), ("--html", args.html)):
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise UsageError(f"{flag} {path}: its folder does not exist; create it or choose another path")
+    require_matplotlib()
+    scores = load_scores(args.model, cache_dir=args.cache_dir)
+    types = {t for t in scores.types() if type_matches(t, patterns)} if patterns else None
+    if types == set():
+        raise UsageError(f"--types matches none of the scored types ({', '.join(scores.types())})")
+    is_file = args.model.endswith(".json") and os.path.isfile(args.model)
+    scores_file = args.model if is_file else scores_path(args.cache_dir, args.model)
+    png_default, html_default = default_report_paths(scores_file, top_percent)
+    files = write_report(
+        scores, top_percent, png_path=args.png or png_default,
+        html_path=None if args.no_html else (args.html or html_default), types=types,
+    )
     if not args.quiet:
-        print_summary(
-            scores,
-            scores.by_type(selected_types, top_percent),
-            top_percent=percent_text,
-            scanned=outcome.scanned,
-            seconds=time.perf_counter() - started,
-            scores_file=cache_file,
-            yaml_file=yaml_file,
-        )
-    leave(world)
+        print_line(f"heatmap: {files.png}")
+        if files.html:
+            print_line(f"report:  {files.html}")
     return 0
 
 
@@ -183,12 +389,15 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv or os.environ.get("SPECTRUM_DEBUG") == "1"
     install_log_handler()
     try:
+        if argv[:1] == ["report"]:
+            return run_report(build_report_parser().parse_args(argv[1:]))
         args = build_parser().parse_args(argv)
         return run(args)
     except SpectrumError as err:
         return _fail(err, err.exit_code, debug)
-    except KeyboardInterrupt:
-        console.print("spectrum: interrupted; files already written are complete, nothing was half-written")
+    except KeyboardInterrupt as err:  # a ScanInterrupted says what is saved for the next run
+        detail = str(err) or "files already written are complete, nothing was half-written"
+        console.print(f"spectrum: interrupted; {detail}", markup=False, highlight=False, soft_wrap=True)
         return 130
     except OSError as err:
         where = f"{err.filename}: " if err.filename else ""

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .scores import Scores
+from .summary import TypeSummary
 
 console = Console(stderr=True, highlight=False)
 
@@ -71,8 +73,8 @@ def format_types(types: dict[str, dict], default_types: set[str]) -> str:
 
 
 def print_summary(
-    scores: Scores,
-    selection: dict[str, list[str]],
+    model: str,
+    summaries: list[TypeSummary],
     *,
     top_percent: str,
     scanned: bool,
@@ -80,22 +82,39 @@ def print_summary(
     scores_file: str,
     yaml_file: str,
 ) -> None:
-    """Matrices per type, how many selected, the time taken and where the files are."""
-    console.print(f"[bold]{scores.model}[/]: top {top_percent}% of each module type", soft_wrap=True)
-    table = Table()
-    table.add_column("type")
-    table.add_column("matrices", justify="right")
-    table.add_column("selected", justify="right")
-    counts: dict[str, int] = {}
-    for score in scores.entries.values():
-        counts[score.type] = counts.get(score.type, 0) + 1
-    for type_name, modules in selection.items():
-        table.add_row(type_name, str(counts.get(type_name, 0)), str(len(modules)))
-    total_selected = sum(len(modules) for modules in selection.values())
-    total = sum(counts.get(type_name, 0) for type_name in selection)
-    table.add_row("[bold]all", f"[bold]{total}", f"[bold]{total_selected}")
+    """One row per type (count, selected, min / median / max score, selected layers), the time and the files."""
+    console.print(f"[bold]{escape(model)}[/]: top {top_percent}% of each module type", soft_wrap=True)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("type", no_wrap=True)
+    for name in ("count", "selected", "min", "median", "max"):
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("selected layers", overflow="fold")
+    for summary in summaries:
+        table.add_row(
+            escape(summary.type), str(summary.count), str(summary.selected), f"{summary.min:.4g}",
+            f"{summary.median:.4g}", f"{summary.max:.4g}", summary.layer_ranges or "-",
+        )
+    total = sum(summary.count for summary in summaries)
+    selected = sum(summary.selected for summary in summaries)
+    table.add_row("[bold]all", f"[bold]{total}", f"[bold]{selected}", "", "", "", "")
     console.print(table)
     how = "scanned" if scanned else "cached scores reused"
-    console.print(f"{how} in {seconds:.1f} s")
-    console.print(f"scores:    {scores_file}", soft_wrap=True)
-    console.print(f"selection: {yaml_file}", soft_wrap=True)
+    console.print(f"{how} in {seconds:.1f} s: {selected} of {total} matrices selected")
+    console.print(f"scores:    {scores_file}", soft_wrap=True, markup=False)
+    console.print(f"selection: {yaml_file}", soft_wrap=True, markup=False)
+
+
+def print_status(position: int, count: int, model: str, message: str, *, ok: bool) -> None:
+    """One line per model of a several-model run: `[2/3] ok      org/name: ...` or `[3/3] failed  ...`."""
+    label = "[green]ok    [/]" if ok else "[red]failed[/]"
+    console.print(f"[{position}/{count}] {label}  {escape(model)}: {escape(message)}", soft_wrap=True)
+
+
+def print_line(text: str) -> None:
+    """A plain line on stderr (no markup)."""
+    console.print(text, markup=False, soft_wrap=True)
+
+
+def ask(prompt: str) -> str:
+    """Read one answer from the terminal, with `prompt` on stderr."""
+    return console.input(prompt)

@@ -11,7 +11,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping, Protocol
 
 import torch
 
@@ -30,14 +30,28 @@ from .naming import (
 )
 from .scores import ModuleScore, Scores
 from .pipeline import Batcher, Item, Reader, run_batches
-from .snr import scores_from_singular_values
+from .snr import DEFAULT_THRESHOLD, scores_from_singular_values
 from .sources import TensorInfo, TensorSource, open_source
+from .sources.base import SourceDescription
+from .sources.quantized import FP8_SCALE_SUFFIX
 from .sources.safetensors import DTYPES, FLOAT_DTYPES, FP8_DTYPES
 
 LOG = logging.getLogger("spectrum")
 
 TypeFilter = Callable[[str], bool]
 ProgressCallback = Callable[[int, int, int], None]  # (matrices done, matrices total, bytes read)
+
+
+class Journal(Protocol):
+    """Where a scan commits its scores as they come, so that an interrupted scan can resume
+    (`spectrum.journal.PartialScan` keeps them beside the cache)."""
+
+    def begin(self, description: SourceDescription, method: str) -> Mapping[str, ModuleScore]:
+        """Called once the matrices are chosen: the scores an interrupted scan of the same weights
+        already committed. Those matrices are not read again and their scores are part of the result."""
+
+    def record(self, module: str, score: ModuleScore) -> None:
+        """Commit one new score (called in the scanning thread, as results arrive)."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +74,7 @@ class Inventory:
     """What a checkpoint holds, from its headers alone."""
 
     matrices: list[Matrix]
-    unsupported: list[TensorInfo] = field(default_factory=list)  # 2-D weights we cannot score yet (FP8)
+    unsupported: list[TensorInfo] = field(default_factory=list)  # 2-D weights we cannot score (FP8 without scales)
     embeddings: dict[str, str | None] = field(default_factory=dict)  # "input"/"output" -> tensor name
 
     def types(self) -> dict[str, dict]:
@@ -100,6 +114,7 @@ def take_inventory(tensors: list[TensorInfo]) -> Inventory:
     """
     candidates: list[tuple[TensorInfo, str, int | None]] = []
     unsupported = []
+    names = {info.name for info in tensors}
     embeddings: dict[str, str | None] = {"input": None, "output": None}
     for info in tensors:
         if info.dtype not in FLOAT_DTYPES and info.dtype not in FP8_DTYPES:
@@ -108,7 +123,7 @@ def take_inventory(tensors: list[TensorInfo]) -> Inventory:
         module = module_name(info.name)
         if experts is None and (module is None or len(info.shape) != 2 or 0 in info.shape):
             continue  # not a weight matrix (1-D, other 3-D, or empty)
-        if info.dtype in FP8_DTYPES:
+        if info.dtype in FP8_DTYPES and info.name + FP8_SCALE_SUFFIX not in names:  # with a scale: dequantized
             unsupported.append(info)
             continue
         if experts is not None:
@@ -160,7 +175,9 @@ def scan_source(
     threads: int | None = None,
     share: Callable[[list[Matrix]], list[Matrix]] | None = None,
     batch_bytes: int | None = None,
+    threshold: str = DEFAULT_THRESHOLD,
     on_progress: ProgressCallback | None = None,
+    journal: Journal | None = None,
 ) -> tuple[dict[str, ModuleScore], dict]:
     """Score the chosen matrices of an open source.
 
@@ -168,6 +185,7 @@ def scan_source(
         share: picks this process's part of the work (under torchrun); default: everything.
         batch_bytes: stored bytes of same-shape matrices per batch; default: the device's own
             (one matrix a batch on CPU, a share of free memory on CUDA).
+        journal: commits each score as it comes, and supplies those of an interrupted scan.
 
     Returns:
         (module -> ModuleScore in (type, layer) order, provenance for the sidecar).
@@ -186,6 +204,8 @@ def scan_source(
     compute_device = resolve_device(device)
     concrete_method = resolve_method(method, compute_device)
     mine = share(chosen) if share else chosen
+    known = journal.begin(source.describe(), concrete_method) if journal else {}
+    resumed = {m.module: ModuleScore(known[m.module].snr, m.type) for m in mine if m.module in known}
     workers = threads or cpu_count()
     default_batch, pending_bytes, workers = _budgets(compute_device, workers)
     if batch_bytes is None:
@@ -195,6 +215,8 @@ def scan_source(
 
     by_shard: dict[str, dict[str, list[Matrix]]] = {}  # shard -> tensor name -> its matrices
     for matrix in mine:
+        if matrix.module in resumed:
+            continue  # scored before an interruption: not read again
         by_shard.setdefault(matrix.info.shard, {}).setdefault(matrix.info.name, []).append(matrix)
     shards = [shard for shard in source.shard_order() if shard in by_shard]
 
@@ -219,11 +241,11 @@ def scan_source(
         if any(flags):
             rows, cols = batch[0].key.shape
             values = singular_values(stack[finite], method=concrete_method, device=compute_device)
-            scores = iter(scores_from_singular_values(values, rows, cols).tolist())
+            scores = iter(scores_from_singular_values(values, rows, cols, threshold=threshold).tolist())
         return [(item.key, next(scores) if ok else None) for item, ok in zip(batch, flags)]
 
-    results: dict[str, ModuleScore] = {}
-    done = 0
+    results: dict[str, ModuleScore] = dict(resumed)
+    done = len(resumed)
     reader = Reader(produce, depth=workers + 1)
 
     def on_results(batch_results: list[tuple[Matrix, float | None]]) -> None:
@@ -233,13 +255,15 @@ def scan_source(
                 LOG.warning("%s has NaN or infinite entries; left out of the scores", matrix.info.name)
             else:
                 results[matrix.module] = ModuleScore(score, matrix.type)
+                if journal:
+                    journal.record(matrix.module, results[matrix.module])
         done += len(batch_results)
         if on_progress:
             on_progress(done, len(mine), reader.bytes_read)
 
     items = (((item.key.type, item.key.shape), item) for item in reader)
     if on_progress:
-        on_progress(0, len(mine), 0)
+        on_progress(done, len(mine), 0)
     previous_threads = torch.get_num_threads()
     if compute_device.type == "cpu":
         torch.set_num_threads(1)  # one single-threaded worker per core
@@ -259,13 +283,16 @@ def scan_source(
             "location": description.location,
             "revision": description.revision,
             "shards": [{"name": shard.name, "size": shard.size} for shard in description.shards],
+            **({"stored_types": description.stored_types} if description.stored_types else {}),
         },
         "dtypes": sorted({matrix.info.dtype for matrix in chosen}),
         "method": concrete_method,
+        "threshold": threshold,
         "device": str(compute_device),
         "workers": workers,
         "seconds": round(time.perf_counter() - started, 3),
         "bytes_read": reader.bytes_read,
+        **({"resumed": len(resumed)} if resumed else {}),
         "checkpoint_types": inventory.types(),
         "embeddings": inventory.embeddings,
     }
@@ -281,12 +308,15 @@ def scan(
     device: str = "auto",
     threads: int | None = None,
     keep_shards: bool = True,
+    threshold: str = DEFAULT_THRESHOLD,
     on_progress: ProgressCallback | None = None,
+    journal: Journal | None = None,
 ) -> Scores:
     """Scan a local folder, a `.safetensors` file or a Hub id and return the scores (nothing is written).
 
     Under `torchrun`, each rank scans its share and every rank returns the whole result;
-    `Scores.meta["world_size"]` says how many processes took part.
+    `Scores.meta["world_size"]` says how many processes took part. A `journal` (see `scan_source`)
+    serves a single process only.
     """
     world = World.from_env()
     device = join(world, device)
@@ -301,7 +331,9 @@ def scan(
             share=lambda chosen: share(
                 world, chosen, lambda m: m.info.shard, lambda m: math.prod(m.shape) * DTYPES[m.info.dtype][1]
             ),
+            threshold=threshold,
             on_progress=on_progress if world.is_main else None,
+            journal=journal if world.size == 1 else None,
         )
     finally:
         source.close()

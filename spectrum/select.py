@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from statistics import fmean
@@ -127,18 +128,47 @@ def render_yaml(
     """The `unfrozen_parameters:` YAML, in the reference tool's layout.
 
     Entries are plain module names (Axolotl applies them with `re.match` after escaping dots);
-    each type gets a `# <type> layers` comment, even when it keeps no module.
+    each type gets a `# <type> layers` comment, even when it keeps no module. A name that YAML
+    would not read back as that same string (a line break, a control character, `0`, `yes`,
+    `a: b`, text that is not valid Unicode) is written double-quoted with escapes, and comments
+    escape what is not printable, so a hostile tensor name cannot add entries or break the file.
     """
-    lines = [f"# {line}" for line in header.splitlines()]
+    lines = [f"# {_comment(line)}" for line in header.splitlines()]
     lines.append("unfrozen_parameters:")
-    lines.extend(f"- {pattern}" for pattern in embedding_patterns)
+    lines.extend(f"- {_scalar(pattern)}" for pattern in embedding_patterns)
     for type_name, modules in selection.items():
         note = (notes or {}).get(type_name)
-        lines.append(f"# {type_name} layers" + (f" ({note})" if note else ""))
-        lines.extend(f"- {module}" for module in modules)
+        lines.append(f"# {_comment(type_name)} layers" + (f" ({_comment(note)})" if note else ""))
+        lines.extend(f"- {_scalar(module)}" for module in modules)
     return "\n".join(lines) + "\n"
+
+
+_ALWAYS_PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*\.[A-Za-z0-9_.\-]*")  # dotted names: never a YAML bool, null or number
+
+
+def _scalar(text: str) -> str:
+    """`text` as a YAML list item: as it is when YAML reads it back unchanged, else double-quoted."""
+    import yaml
+
+    if _ALWAYS_PLAIN.fullmatch(text):
+        return text
+    if text.isprintable() and text == text.strip():
+        try:
+            if yaml.safe_load(f"- {text}") == [text]:
+                return text
+        except yaml.YAMLError:
+            pass
+    return yaml.safe_dump(text, default_style='"', allow_unicode=True, width=math.inf).rstrip("\n")
+
+
+def _comment(text: str) -> str:
+    """`text` for a comment line: anything not printable (line breaks included) as an escape."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def yaml_entries(yaml_text: str) -> list[str]:
     """The list entries of an `unfrozen_parameters:` YAML we wrote (comments skipped)."""
-    return [line[2:] for line in yaml_text.splitlines() if line.startswith("- ")]
+    import yaml
+
+    return [yaml.safe_load(line[2:]) if line.startswith('- "') else line[2:]
+            for line in yaml_text.splitlines() if line.startswith("- ")]

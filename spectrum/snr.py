@@ -10,6 +10,15 @@ implementation (Hartford et al., arXiv 2406.06623):
     score     = signal / noise / S[0]    (0.0 for an all-zero matrix)
 
 Quantiles use linear interpolation (numpy's and torch's default).
+
+`threshold="gavish-donoho"` (opt-in, a departure from the reference) replaces the threshold with
+the optimal hard threshold for an unknown noise level of Gavish & Donoho ("The Optimal Hard
+Threshold for Singular Values is 4/sqrt(3)", IEEE Trans. Inf. Theory 60(8), 2014; arXiv 1305.5870):
+
+    threshold = omega(beta) * median(S),  beta = min(m,n)/max(m,n)
+    omega(beta) ~= 0.56 beta^3 - 0.95 beta^2 + 1.82 beta + 1.43   # the paper's cubic fit
+
+Signal, noise and the score are then computed as above.
 """
 
 from __future__ import annotations
@@ -19,6 +28,8 @@ import math
 import torch
 
 IQR_TO_SIGMA = 1.349  # interquartile range of a standard normal distribution
+DEFAULT_THRESHOLD = "marchenko-pastur"  # the reference's rule
+THRESHOLDS = (DEFAULT_THRESHOLD, "gavish-donoho")
 
 
 def mp_threshold(sigma: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
@@ -27,23 +38,46 @@ def mp_threshold(sigma: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return sigma * (1.0 + math.sqrt(beta))
 
 
+def gavish_donoho_omega(beta: float) -> float:
+    """omega(beta), the multiple of median(S) that is the optimal hard threshold when the noise level is unknown.
+
+    The cubic approximation from Gavish & Donoho (2014), for the aspect ratio 0 < beta <= 1;
+    omega(1) ~= 2.86.
+    """
+    return 0.56 * beta**3 - 0.95 * beta**2 + 1.82 * beta + 1.43
+
+
+def gd_threshold(median: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Gavish-Donoho threshold omega(beta) * median(S) for singular values of an (rows, cols) matrix."""
+    return median * gavish_donoho_omega(min(rows, cols) / max(rows, cols))
+
+
 @torch.no_grad()
-def scores_from_singular_values(singular_values: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+def scores_from_singular_values(
+    singular_values: torch.Tensor, rows: int, cols: int, *, threshold: str = DEFAULT_THRESHOLD
+) -> torch.Tensor:
     """Scores of a batch of (rows, cols) matrices from their singular values.
 
     Args:
         singular_values: (N, k) with k = min(rows, cols), each row sorted descending.
         rows, cols: the matrices' shape (only the aspect ratio matters).
+        threshold: "marchenko-pastur" (the reference's rule) or "gavish-donoho".
 
     Returns:
         (N,) float64 scores, always finite.
     """
+    if threshold not in THRESHOLDS:
+        raise ValueError(f"threshold must be one of {', '.join(THRESHOLDS)}, not {threshold!r}")
     S = singular_values.to(torch.float64)  # (N, k)
     largest = S[:, 0]  # (N,)
-    quartiles = torch.quantile(S, torch.tensor([0.25, 0.75], dtype=S.dtype, device=S.device), dim=1)  # (2, N)
-    sigma = (quartiles[1] - quartiles[0]) / IQR_TO_SIGMA  # (N,)
-    threshold = mp_threshold(sigma, rows, cols).unsqueeze(1)  # (N, 1)
-    is_signal = S > threshold  # (N, k)
+    if threshold == "gavish-donoho":
+        median = torch.quantile(S, 0.5, dim=1)  # (N,) interpolated, as numpy's median (torch.median is the lower)
+        cut = gd_threshold(median, rows, cols).unsqueeze(1)  # (N, 1)
+    else:
+        quartiles = torch.quantile(S, torch.tensor([0.25, 0.75], dtype=S.dtype, device=S.device), dim=1)  # (2, N)
+        sigma = (quartiles[1] - quartiles[0]) / IQR_TO_SIGMA  # (N,)
+        cut = mp_threshold(sigma, rows, cols).unsqueeze(1)  # (N, 1)
+    is_signal = S > cut  # (N, k)
     zero = torch.zeros((), dtype=S.dtype, device=S.device)
     signal = torch.where(is_signal, S, zero).sum(dim=1)
     noise = torch.where(is_signal, zero, S).sum(dim=1)
@@ -54,6 +88,8 @@ def scores_from_singular_values(singular_values: torch.Tensor, rows: int, cols: 
     return torch.where(largest > 0, signal / noise / safe_largest, zero)
 
 
-def score_from_singular_values(singular_values: torch.Tensor, rows: int, cols: int) -> float:
+def score_from_singular_values(
+    singular_values: torch.Tensor, rows: int, cols: int, *, threshold: str = DEFAULT_THRESHOLD
+) -> float:
     """Score of one matrix from its (k,) descending singular values."""
-    return float(scores_from_singular_values(singular_values.unsqueeze(0), rows, cols)[0])
+    return float(scores_from_singular_values(singular_values.unsqueeze(0), rows, cols, threshold=threshold)[0])

@@ -1,0 +1,194 @@
+"""Apply a Spectrum selection to a PyTorch / transformers model: what Axolotl does with `unfrozen_parameters`.
+
+For TRL, plain transformers or any training loop: every parameter is frozen except those whose name
+matches an entry under Axolotl's rule (`re.match` after turning every `.` not followed by `+` into a
+literal dot).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Union
+
+from .scores import Scores
+from .select import parse_top_percent
+from .trainer import TrainerView, axolotl_pattern
+
+Selection = Union[Scores, str, "os.PathLike[str]", dict, Iterable[str]]
+
+# Axolotl's own extension `name[start:end]` (train only those embedding rows) is not a regex.
+_ROW_RANGE = re.compile(r"\[\d*:\d*\]$")
+
+
+@dataclass(frozen=True)
+class Unfrozen:
+    """What `freeze` left trainable.
+
+    Args:
+        names: trainable parameter names, in `model.named_parameters()` order.
+        tensors: trainable parameter tensors; `total_tensors`: all of the model's.
+        parameters: trainable elements; `total_parameters`: all of the model's.
+        patterns: the entries that were applied.
+        unmatched: entries that matched no parameter name (a warning was issued for them).
+    """
+
+    names: tuple[str, ...]
+    tensors: int
+    total_tensors: int
+    parameters: int
+    total_parameters: int
+    patterns: tuple[str, ...]
+    unmatched: tuple[str, ...]
+
+    @property
+    def fraction(self) -> float:
+        """Trainable share of the model's elements (0.0 for a model without parameters)."""
+        return self.parameters / self.total_parameters if self.total_parameters else 0.0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.tensors} of {self.total_tensors} parameter tensors trainable, "
+            f"{self.parameters:,} of {self.total_parameters:,} parameters ({100 * self.fraction:.1f}%)"
+        )
+
+
+def freeze(model, selection: Selection, top_percent: float | str | None = None, *, embeddings: bool = True,
+           group_experts: bool = False) -> Unfrozen:
+    """Freeze every parameter of `model` except those the selection unfreezes; returns what stays trainable.
+
+    Args:
+        model: a `torch.nn.Module` (e.g. a transformers `PreTrainedModel`).
+        selection: one of
+            - `Scores` (from `spectrum.scan` or `spectrum.load_scores`), with `top_percent`;
+            - with `top_percent`, a model id or path, or a scores-file path (see `spectrum.load_scores`);
+            - a YAML file path, YAML text, or a parsed dict with `unfrozen_parameters:` (spectrum's output,
+              or an Axolotl config), or a list of entries.
+        top_percent: K in (0, 100] when `selection` is scores; must be None otherwise.
+        embeddings: with scores, also unfreeze the input embeddings and the output head (as the YAML does).
+        group_experts: with scores, rank all experts of one MoE projection together.
+
+    Returns:
+        `Unfrozen`: the trainable names, counts and parameter totals, and the entries that matched nothing.
+
+    Raises:
+        ValueError: a selection that is neither, scores without `top_percent` or entries with it, or an
+            entry using Axolotl's `[start:end]` row ranges (not supported here).
+
+    Example:
+        ```python
+        model = AutoModelForCausalLM.from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")
+        result = spectrum.freeze(model, "HuggingFaceTB/SmolLM2-135M-Instruct", top_percent=25)
+        print(result)  # 74 of 272 parameter tensors trainable, ...
+        ```
+    """
+    patterns = _patterns(model, selection, top_percent, embeddings=embeddings, group_experts=group_experts)
+    compiled = []
+    for entry in patterns:
+        if _ROW_RANGE.search(entry):
+            raise ValueError(f"{entry!r}: Axolotl's [start:end] row ranges are not supported by spectrum.freeze")
+        compiled.append(axolotl_pattern(entry))
+    matched = [False] * len(compiled)
+    names: list[str] = []
+    tensors = trainable = total = 0
+    for name, parameter in model.named_parameters():
+        hits = [index for index, pattern in enumerate(compiled) if pattern.match(name)]
+        for index in hits:
+            matched[index] = True
+        parameter.requires_grad_(bool(hits))
+        tensors += 1
+        total += parameter.numel()
+        if hits:
+            names.append(name)
+            trainable += parameter.numel()
+    unmatched = tuple(entry for entry, hit in zip(patterns, matched) if not hit)
+    if unmatched:
+        shown = ", ".join(unmatched[:5]) + (f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else "")
+        warnings.warn(
+            f"{len(unmatched)} of {len(patterns)} entries matched no parameter of {type(model).__name__} ({shown}); "
+            "compare them with model.named_parameters() names",
+            UserWarning,
+            stacklevel=2,
+        )
+    return Unfrozen(tuple(names), len(names), tensors, trainable, total, tuple(patterns), unmatched)
+
+
+def _patterns(model, selection: Selection, top_percent, *, embeddings: bool, group_experts: bool) -> list[str]:
+    """The entries to apply, from whichever form the selection takes."""
+    if isinstance(selection, (str, os.PathLike)) and top_percent is not None:
+        from .results import load_scores
+
+        selection = load_scores(os.fspath(selection))
+    if isinstance(selection, Scores):
+        if top_percent is None:
+            raise ValueError("freeze() needs top_percent with scores, e.g. freeze(model, scores, top_percent=25)")
+        percent = parse_top_percent(top_percent)
+        view = _view_of(model, selection)
+        entries = selection.select(percent, view=view, group_experts=group_experts)
+        return (selection.embedding_patterns(view) if embeddings else []) + entries
+    if top_percent is not None:
+        raise ValueError("top_percent applies to scores only; a YAML or a list of entries is used as it is")
+    if isinstance(selection, (str, os.PathLike)):
+        text = os.fspath(selection)
+        if "\n" not in text and os.path.isfile(text):
+            with open(text, encoding="utf-8") as handle:
+                text = handle.read()
+        return _entries_from_yaml(text)
+    if isinstance(selection, dict):
+        return _entries_from_parsed(selection)
+    entries = list(selection)
+    if not all(isinstance(entry, str) for entry in entries):
+        raise ValueError("freeze() takes Scores, a YAML file or text, a dict, or a list of strings")
+    return entries
+
+
+def _entries_from_yaml(text: str) -> list[str]:
+    import yaml
+
+    try:
+        parsed = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ValueError(f"not a YAML file or YAML text: {err}") from err
+    return _entries_from_parsed(parsed)
+
+
+def _entries_from_parsed(parsed: object) -> list[str]:
+    if isinstance(parsed, dict):
+        parsed = parsed.get("unfrozen_parameters")
+    if not isinstance(parsed, list) or not all(isinstance(entry, str) for entry in parsed):
+        raise ValueError("expected an `unfrozen_parameters:` list of names (spectrum's YAML or an Axolotl config)")
+    return parsed
+
+
+def _view_of(model, scores: Scores) -> TrainerView | None:
+    """The scores' checkpoint names restated as this model's parameters, with transformers' conversion mapping.
+
+    None (names taken as stored) for a model transformers did not build, or an older transformers.
+    """
+    try:
+        from transformers import PreTrainedModel
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+    except ImportError:
+        return None
+    if not isinstance(model, PreTrainedModel):
+        return None
+    parameters = {name: tuple(parameter.shape) for name, parameter in model.named_parameters()}
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    state = model.state_dict()
+    renamed: dict[str, str] = {}
+    fused: set[str] = set()
+    for module in scores.entries:
+        name = module + ".weight"
+        target, converter = rename_source_key(name, renamings, converters, model.base_model_prefix, state)
+        if target != name:
+            renamed[name] = target
+        if converter is not None:
+            fused.add(target)
+    return TrainerView(type(model).__name__, parameters, renamed, fused)
+

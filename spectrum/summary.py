@@ -1,0 +1,128 @@
+"""Per-type figures of a selection (count, selected, min / median / max score, selected layers). Pure data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from statistics import median
+
+from .naming import layer_index
+from .scores import Scores
+from .select import format_percent, parse_top_percent, select_by_type, trainer_entries
+
+
+@dataclass(frozen=True)
+class TypeSummary:
+    """One module type of a selection.
+
+    Args:
+        type: the module type.
+        count: matrices of that type.
+        selected: how many are kept.
+        min, median, max: of the type's scores.
+        selected_layers: layer indices of the kept modules, ascending (none for a type outside numbered layers).
+        selected_modules: the kept modules, best first.
+        ranked: (module, score) of every member, best first (ties in file order).
+    """
+
+    type: str
+    count: int
+    selected: int
+    min: float
+    median: float
+    max: float
+    selected_layers: tuple[int, ...]
+    selected_modules: tuple[str, ...]
+    ranked: tuple[tuple[str, float], ...]
+
+    @property
+    def layer_ranges(self) -> str:
+        return compact_ranges(self.selected_layers)
+
+
+def compact_ranges(indices: Iterable[int]) -> str:
+    """Sorted, distinct indices as runs: [0, 1, 2, 3, 7, 29] -> `0-3, 7, 29`; [] -> ``."""
+    values = sorted(set(indices))
+    runs: list[str] = []
+    start = 0
+    for position in range(1, len(values) + 1):
+        if position == len(values) or values[position] != values[position - 1] + 1:
+            first, last = values[start], values[position - 1]
+            runs.append(str(first) if first == last else f"{first}-{last}")
+            start = position
+    return ", ".join(runs)
+
+
+def summarize(
+    scores: Scores,
+    top_percent: float | str | Fraction,
+    *,
+    types: set[str] | None = None,
+    group_experts: bool = False,
+) -> list[TypeSummary]:
+    """Per-type figures of the top `top_percent`% selection, under the scores file's module names.
+
+    Types in first-appearance order; `types` restricts them, `group_experts` ranks all experts of one
+    projection together (as `Scores.select` does).
+    """
+    percent = top_percent if isinstance(top_percent, Fraction) else parse_top_percent(top_percent)
+    rows = [(module, score.snr, score.type) for module, score in scores.entries.items()
+            if types is None or score.type in types]
+    rows, _ = trainer_entries(rows, None, group_experts=group_experts)
+    selection = select_by_type(rows, percent)
+    members: dict[str, list[tuple[str, float]]] = {}
+    for module, score, type_name in rows:
+        members.setdefault(type_name, []).append((module, score))
+    summaries = []
+    for type_name, kept in selection.items():
+        values = [score for _, score in members[type_name]]
+        ranked = sorted(members[type_name], key=lambda member: member[1], reverse=True)
+        layers = sorted({index for module in kept if (index := layer_index(module)) is not None})
+        summaries.append(TypeSummary(
+            type=type_name,
+            count=len(values),
+            selected=len(kept),
+            min=min(values),
+            median=median(values),
+            max=max(values),
+            selected_layers=tuple(layers),
+            selected_modules=tuple(kept),
+            ranked=tuple(ranked),
+        ))
+    return summaries
+
+
+def summary_record(
+    model: str,
+    summaries: list[TypeSummary],
+    *,
+    top_percent: Fraction,
+    scanned: bool,
+    seconds: float,
+    scores_file: str,
+    yaml_file: str,
+    threshold: str | None = None,
+) -> dict:
+    """The machine-readable summary of one model (`--json`): plain JSON types only."""
+    types = []
+    for summary in summaries:
+        entry = asdict(summary)
+        del entry["ranked"]
+        entry["selected_layers"] = list(summary.selected_layers)
+        entry["selected_modules"] = list(summary.selected_modules)
+        entry["selected_ranges"] = summary.layer_ranges
+        types.append(entry)
+    return {
+        "model": model,
+        "ok": True,
+        "top_percent": format_percent(top_percent),
+        "threshold": threshold,
+        "scanned": scanned,
+        "seconds": round(seconds, 3),
+        "matrices": sum(summary.count for summary in summaries),
+        "selected": sum(summary.selected for summary in summaries),
+        "scores_file": scores_file,
+        "yaml_file": yaml_file,
+        "types": types,
+    }

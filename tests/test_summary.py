@@ -1,0 +1,69 @@
+"""Per-type figures of a selection and the compact layer ranges, on hand-checked inputs."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+
+from spectrum.scores import ModuleScore, Scores
+from spectrum.summary import compact_ranges, summarize, summary_record
+
+
+@pytest.mark.parametrize(
+    "indices, expected",
+    [
+        ([0, 1, 2, 3, 7, 29], "0-3, 7, 29"),
+        ([29, 7, 3, 2, 1, 0], "0-3, 7, 29"),
+        ([5], "5"),
+        ([], ""),
+        ([4, 5], "4-5"),
+        ([1, 3, 5], "1, 3, 5"),
+        ([2, 2, 3, 3, 9, 10, 11, 20], "2-3, 9-11, 20"),
+    ],
+)
+def test_compact_ranges(indices, expected):
+    assert compact_ranges(indices) == expected
+
+
+def scores() -> Scores:
+    """Two types over six layers, and an output head outside the layers."""
+    values = {
+        "mlp.down_proj": [0.9, 0.1, 0.5, 0.7, 0.3, 0.8],
+        "self_attn.q_proj": [0.2, 0.6, 0.6, 0.1, 0.4, 0.3],
+    }
+    entries = {
+        f"model.layers.{layer}.{type_name}": ModuleScore(value, type_name)
+        for type_name, column in values.items()
+        for layer, value in enumerate(column)
+    }
+    entries["lm_head"] = ModuleScore(2.5, "lm_head")
+    return Scores("org/model", entries)
+
+
+def test_summarize_half():
+    down, q, head = summarize(scores(), 50)
+    assert (down.type, down.count, down.selected) == ("mlp.down_proj", 6, 3)
+    assert (down.min, down.median, down.max) == (0.1, (0.5 + 0.7) / 2, 0.9)
+    assert down.selected_modules == ("model.layers.0.mlp.down_proj", "model.layers.5.mlp.down_proj",
+                                     "model.layers.3.mlp.down_proj")
+    assert down.selected_layers == (0, 3, 5) and down.layer_ranges == "0, 3, 5"
+    # Ties keep file order: layers 1 and 2 both score 0.6.
+    assert q.selected_modules == ("model.layers.1.self_attn.q_proj", "model.layers.2.self_attn.q_proj",
+                                  "model.layers.4.self_attn.q_proj")
+    assert q.layer_ranges == "1-2, 4"
+    assert (q.min, q.median, q.max) == (0.1, (0.3 + 0.4) / 2, 0.6)
+    assert [module for module, _ in q.ranked][3:] == ["model.layers.5.self_attn.q_proj",
+                                                      "model.layers.0.self_attn.q_proj",
+                                                      "model.layers.3.self_attn.q_proj"]
+    assert (head.count, head.selected, head.selected_layers, head.layer_ranges) == (1, 0, (), "")
+
+
+def test_summarize_types_and_record():
+    only = summarize(scores(), 100, types={"mlp.down_proj"})
+    assert [s.type for s in only] == ["mlp.down_proj"] and only[0].layer_ranges == "0-5"
+    record = summary_record("org/model", only, top_percent=Fraction(100),
+                            scanned=False, seconds=0.12345, scores_file="s.json", yaml_file="y.yaml")
+    assert record["matrices"] == 6 and record["selected"] == 6 and record["seconds"] == 0.123
+    assert record["types"][0]["selected_layers"] == [0, 1, 2, 3, 4, 5]
+    assert record["types"][0]["selected_ranges"] == "0-5" and "ranked" not in record["types"][0]
