@@ -2,7 +2,7 @@
 
     python3 benchmarks/methods.py [--threads 1] [--repeats 3] [--device cpu|cuda]
 
-Times `spectrum.engine.singular_values` for "gram" (float64 Gram, lower triangle) and "svd"
+Times `spectrum.engine.singular_values` for "gram" (float64 Gram, one triangle) and "svd"
 (float64 SVD, tall orientation) on the shapes of real models, plus the reference's float32
 `svdvals` on the stored orientation for comparison; prints a Markdown table of medians.
 """
@@ -14,6 +14,7 @@ import statistics
 import time
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from spectrum.engine import singular_values
 
@@ -52,6 +53,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="substrings of shape names to run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    threadpool_limits(limits=args.threads, user_api="blas")  # NumPy's OpenBLAS (the CPU Gram route) too
     device = torch.device(args.device)
     print(f"device {device}, torch {torch.__version__}, {args.threads} thread(s), median of {args.repeats}\n")
     print("| shape | m×n | gram (s) | svd (s) | float32 svdvals as stored (s) | faster |")

@@ -3,8 +3,12 @@
 Two exact methods:
 - "gram": eigenvalues of the float64 Gram matrix of the smaller side, S = sqrt(max(lambda, 0)).
   The float32 weights are exact in float64, so the result agrees with a float64 SVD to
-  about 1e-13 relative, and on CPU it is several times faster than an SVD. Only the lower
-  triangle is built, in column blocks (eigvalsh reads nothing else): ~44% fewer flops.
+  about 1e-13 relative, and on CPU it is several times faster than an SVD.
+  On CPU the Gram matrix is NumPy's `syrk` (OpenBLAS builds one triangle: half the flops, and
+  1.1-2.7x faster here than torch's matmul, whose MKL takes a generic path on AMD CPUs), and its
+  eigenvalues come from NumPy's `eigvalsh` below 2048 rows and torch's (MKL) from 2048 up, the
+  faster of the two on each side of that size (benchmarks/METHODS.md). On CUDA it is one batched
+  matmul and `eigvalsh` in torch.
 - "svd": float64 `torch.linalg.svdvals` on the tall orientation (the same singular values;
   LAPACK is faster on tall matrices than on wide ones).
 Neither computes in float32: a float32 SVD is off by ~1e-7 * S[0] in every value, which moves the
@@ -19,7 +23,7 @@ import torch
 from .errors import UsageError
 
 METHODS = ("auto", "gram", "svd")
-_GRAM_BLOCKS = 8  # column blocks of the lower-triangle Gram: 56% of the full product's flops
+_NUMPY_EIGVALSH_BELOW = 2048  # CPU: NumPy's (OpenBLAS) eigvalsh is faster below this size, torch's (MKL) from it up
 
 
 def resolve_device(name: str) -> torch.device:
@@ -56,18 +60,6 @@ def _tall(matrices: torch.Tensor) -> torch.Tensor:
     return matrices if rows >= cols else matrices.mT
 
 
-def lower_gram(tall: torch.Tensor, blocks: int = _GRAM_BLOCKS) -> torch.Tensor:
-    """XᵀX for tall (N, m, n) X, with only the lower triangle (and diagonal blocks) filled."""
-    count, _, n = tall.shape
-    gram = torch.zeros(count, n, n, dtype=tall.dtype, device=tall.device)  # (N, n, n)
-    blocks = max(1, min(blocks, n // 256))  # small matrices: one block, no overhead
-    edges = [n * i // blocks for i in range(blocks + 1)]
-    for start, stop in zip(edges, edges[1:]):
-        # rows start:stop of the Gram, columns 0:stop (the diagonal block and everything left of it)
-        gram[:, start:stop, :stop] = tall[:, :, start:stop].mT @ tall[:, :, :stop]  # (N, b, stop)
-    return gram
-
-
 @torch.no_grad()
 def singular_values(stack: torch.Tensor, *, method: str = "gram", device: torch.device | None = None) -> torch.Tensor:
     """All singular values of each matrix in `stack`.
@@ -82,12 +74,11 @@ def singular_values(stack: torch.Tensor, *, method: str = "gram", device: torch.
         (N, min(m, n)) float64 on the CPU, each row descending.
     """
     device = device or stack.device
+    if method == "gram" and device.type == "cpu":
+        return torch.stack([_gram_values_cpu(matrix) for matrix in stack])  # (N, min(m, n))
     tall = _tall(stack.to(device)).to(torch.float64)  # (N, m', n') with m' >= n'
     if method == "gram":
-        if device.type == "cuda":
-            gram = tall.mT @ tall  # (N, n', n'); one launch beats the blocked saving on GPU
-        else:
-            gram = lower_gram(tall)  # (N, n', n'), lower triangle
+        gram = tall.mT @ tall  # (N, n', n'); one launch beats the blocked saving on GPU
         del tall
         eigenvalues = torch.linalg.eigvalsh(gram)  # (N, n') ascending; reads the lower triangle
         values = eigenvalues.flip(-1).clamp_min(0.0).sqrt()
@@ -96,3 +87,27 @@ def singular_values(stack: torch.Tensor, *, method: str = "gram", device: torch.
     else:
         raise UsageError(f"unknown method {method!r}; use gram or svd")
     return values.cpu()
+
+
+def _gram_values_cpu(matrix: torch.Tensor) -> torch.Tensor:
+    """Singular values of one (m, n) matrix by the float64 Gram route on CPU, descending, (min(m, n),).
+
+    `w.T @ w` and `w @ w.T` of one array are OpenBLAS `syrk` calls in NumPy. The caller limits
+    OpenBLAS to one thread per call (`cpu_threads_limited`): parallelism comes from the workers.
+    """
+    import numpy as np
+
+    w = matrix.to(torch.float64).numpy()  # (m, n), C order
+    gram = w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T  # (k, k), k = min(m, n)
+    if gram.shape[0] < _NUMPY_EIGVALSH_BELOW:
+        eigenvalues = torch.from_numpy(np.linalg.eigvalsh(gram))  # ascending
+    else:
+        eigenvalues = torch.linalg.eigvalsh(torch.from_numpy(gram))
+    return eigenvalues.flip(-1).clamp_min(0.0).sqrt()
+
+
+def cpu_threads_limited():
+    """A context in which NumPy's BLAS runs one thread per call (restored after), for single-threaded workers."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")

@@ -7,10 +7,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from spectrum.engine import lower_gram
+from spectrum import engine
 from spectrum.errors import CorruptCheckpointError
 from spectrum.pipeline import Batcher, Item, Reader, run_batches
-from spectrum.scan import scan, scan_source
+from spectrum.scanner import scan, scan_source
 from spectrum.sources import open_source
 
 
@@ -90,14 +90,17 @@ def test_file_shrinking_mid_scan_is_reported(tmp_path):
         scan_source(source, device="cpu", threads=2)
 
 
-@pytest.mark.parametrize("rows,cols", [(600, 520), (520, 600), (1100, 1024)])
-def test_lower_gram_matches_the_full_product(rows, cols):
-    rng = np.random.default_rng(rows)
-    matrix = torch.from_numpy(rng.standard_normal((2, max(rows, cols), min(rows, cols))))
-    full = matrix.mT @ matrix
-    lower = lower_gram(matrix)
-    assert torch.allclose(torch.tril(lower), torch.tril(full), rtol=1e-12, atol=1e-9)
-    assert torch.allclose(torch.linalg.eigvalsh(lower), torch.linalg.eigvalsh(full), rtol=1e-10, atol=1e-8)
+@pytest.mark.parametrize("rows,cols", [(600, 520), (520, 600), (300, 1100)])
+@pytest.mark.parametrize("numpy_below", [0, 10**9])  # torch's eigvalsh for every size, or NumPy's
+def test_cpu_gram_route_matches_float64_svd_on_both_sides_of_the_size_rule(rows, cols, numpy_below, monkeypatch):
+    monkeypatch.setattr(engine, "_NUMPY_EIGVALSH_BELOW", numpy_below)
+    rng = np.random.default_rng(rows * cols)
+    stack = torch.from_numpy(rng.standard_normal((2, rows, cols))).to(torch.bfloat16)
+    with engine.cpu_threads_limited():
+        values = engine.singular_values(stack, method="gram", device=torch.device("cpu"))
+    expected = np.linalg.svd(stack.to(torch.float64).numpy(), compute_uv=False)  # (2, min(rows, cols))
+    assert values.dtype == torch.float64 and values.shape == expected.shape
+    np.testing.assert_allclose(values.numpy(), expected, rtol=1e-9, atol=1e-9 * expected.max())
 
 
 def test_batched_path_matches_one_by_one(tiny_llama_dir):
