@@ -46,10 +46,11 @@ def partial_path(scores_file: str) -> str:
 
 
 def fingerprint(description: SourceDescription, method: str, context: dict | None = None) -> dict:
-    """What a scan's scores depend on: the weights (by shard names and sizes, or Hub commit), the
-    method, and any other setting in `context` (e.g. the threshold rule).
+    """What a scan's scores depend on: the weights (by shard names, sizes and modification times, or
+    Hub commit), the method, and any other setting in `context` (e.g. the threshold rule).
 
-    Hub shard sizes are left out: they are known only once a shard is downloaded.
+    Hub shard sizes are left out: they are known only once a shard is downloaded. A local shard
+    rewritten since the interruption (a new mtime) makes the scan start over.
     """
     hub = description.kind == "hub"
     return {
@@ -59,7 +60,7 @@ def fingerprint(description: SourceDescription, method: str, context: dict | Non
         "kind": description.kind,
         "location": description.location,
         "revision": description.revision,
-        "shards": [shard.name if hub else [shard.name, shard.size] for shard in description.shards],
+        "shards": [shard.name if hub else [shard.name, shard.size, shard.mtime_ns] for shard in description.shards],
     }
 
 

@@ -21,15 +21,20 @@ import logging
 import os
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .cache import read_scores, scores_path, write_scores
 from .distributed import World
 from .errors import SpectrumError
 from .journal import PartialScan, ScanInterrupted, partial_path
 from .lock import EntryLock, lock_path
-from .scan import ProgressCallback, TypeFilter, merge, missing_types, scan
 from .scores import Scores
-from .snr import DEFAULT_THRESHOLD
+from .sources.base import ShardInfo, sample_digest
+from .naming import natural_key
+from .thresholds import DEFAULT_THRESHOLD
+
+if TYPE_CHECKING:  # the scanner imports torch: loaded only when a scan runs
+    from .scanner import ProgressCallback, TypeFilter
 
 LOG = logging.getLogger("spectrum")
 
@@ -95,6 +100,8 @@ def load_or_scan(
             on_progress(done, count, nbytes)
 
     def fresh(wanted: TypeFilter | None, journal: PartialScan | None) -> Scores:
+        from .scanner import scan
+
         scores = scan(model, revision=revision, type_filter=wanted, method=method, device=device, threads=threads,
                       keep_shards=keep_shards, threshold=threshold, on_progress=progress, journal=journal)
         if name:
@@ -203,8 +210,8 @@ def stale_reason(meta: dict, model: str, revision: str | None = None) -> str | N
     return None
 
 
-def _local_shards(path: str) -> list[tuple[str, int | None]] | None:
-    """(name, size) of each weight file of a local model, from a listing; None when it cannot be opened."""
+def _local_shards(path: str) -> list[ShardInfo] | None:
+    """Each weight file of a local model (name, size, mtime), from a listing; None when it cannot be opened."""
     from .sources.local import open_local
 
     try:
@@ -215,21 +222,33 @@ def _local_shards(path: str) -> list[tuple[str, int | None]] | None:
             source.close()
     except (SpectrumError, OSError):
         return None
-    return [(shard.name, shard.size) for shard in description.shards]
+    return description.shards
 
 
-def _shards_changed(recorded: object, current: list[tuple[str, int | None]] | None) -> str | None:
+def _shards_changed(recorded: object, current: list[ShardInfo] | None) -> str | None:
+    """Why the shards differ from those recorded, or None. Names and sizes come from the listing; a
+    shard whose mtime changed is compared by its sampled digest (a copy of the same files is not stale)."""
     if current is None or not isinstance(recorded, list) or not recorded:
         return None
-    then = {entry.get("name"): entry.get("size") for entry in recorded if isinstance(entry, dict)}
-    now = dict(current)
+    then = {entry.get("name"): entry for entry in recorded if isinstance(entry, dict)}
+    now = {shard.name: shard for shard in current}
     if set(then) != set(now):
         gone, new = sorted(set(then) - set(now), key=str), sorted(set(now) - set(then))
         parts = ([f"{_names(gone)} gone"] if gone else []) + ([f"{_names(new)} new"] if new else [])
         return "the weight files changed: " + ", ".join(parts)
-    for shard, size in now.items():
-        if isinstance(then[shard], int) and size is not None and then[shard] != size:
-            return f"{shard} was {then[shard]} bytes when scanned and is {size} bytes now"
+    for name, shard in now.items():
+        size = then[name].get("size")
+        if isinstance(size, int) and shard.size is not None and size != shard.size:
+            return f"{name} was {size} bytes when scanned and is {shard.size} bytes now"
+    for name, shard in now.items():
+        digest = then[name].get("sample_sha256")
+        if not isinstance(digest, str) or shard.path is None or then[name].get("mtime_ns") == shard.mtime_ns:
+            continue
+        try:
+            if sample_digest(shard.path) != digest:
+                return f"{name} was rewritten since it was scanned (same size, other content)"
+        except OSError:
+            return None
     return None
 
 
@@ -250,3 +269,31 @@ def _cached_commit(repo_id: str, revision: str | None) -> str | None:
     except (OSError, UnicodeDecodeError, ValueError):
         return None
     return commit if _COMMIT.match(commit) else None
+
+
+def missing_types(scores: Scores, type_filter: TypeFilter | None) -> set[str] | None:
+    """Types the request wants that a cached file lacks; None when that cannot be known.
+
+    Without a sidecar (a file made elsewhere) the request is taken as covered when at least
+    one cached type matches it, as Axolotl would use the file as it is.
+    """
+    checkpoint_types = scores.meta.get("checkpoint_types")
+    cached = set(scores.types())
+    if not isinstance(checkpoint_types, dict):
+        if type_filter is None or any(type_filter(type_name) for type_name in cached):
+            return set()
+        return None
+    if type_filter is None:
+        wanted = {name for name, entry in checkpoint_types.items() if isinstance(entry, dict) and entry.get("layered")}
+    else:
+        wanted = {name for name in checkpoint_types if type_filter(name)}
+    return wanted - cached
+
+
+def merge(cached: Scores, fresh: Scores) -> Scores:
+    """Cached scores plus freshly scanned types, in (type, layer) order; fresh provenance wins."""
+    combined = dict(cached.entries)
+    combined.update(fresh.entries)
+    ordered = dict(sorted(combined.items(), key=lambda item: (item[1].type, natural_key(item[0]))))
+    return Scores(model=fresh.model, entries=ordered, meta=fresh.meta)
+

@@ -7,7 +7,6 @@ uninterrupted scan writes.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import signal
@@ -218,6 +217,26 @@ class TestValidity:
         with caplog.at_level(logging.WARNING, logger="spectrum"):
             assert not scan_small(model, tmp_path / "cache").scanned
         assert caplog.messages == []
+
+    def test_weights_retrained_in_place_are_reported_and_rescanned(self, tmp_path, caplog):
+        """Same tensor names and shapes, so the same size: the sampled digest tells the new weights apart."""
+        model = self.two_shards(tmp_path / "model")
+        first = scan_small(model, tmp_path / "cache")
+        shard = model / "model-00002-of-00002.safetensors"
+        before = shard.stat().st_size
+        generator = torch.Generator().manual_seed(99)
+        save_file({"model.layers.2.mlp.up_proj.weight": torch.randn(16, 8, generator=generator)}, str(shard))
+        assert shard.stat().st_size == before
+        with caplog.at_level(logging.WARNING, logger="spectrum"):
+            second = scan_small(model, tmp_path / "cache")
+        assert caplog.messages == [
+            f"{first.cache_file}: cached scores are out of date (model-00002-of-00002.safetensors was rewritten "
+            "since it was scanned (same size, other content)); scanning again"
+        ]
+        assert second.scanned
+        changed = "model.layers.2.mlp.up_proj"
+        assert second.scores.entries[changed].snr != first.scores.entries[changed].snr
+        assert not scan_small(model, tmp_path / "cache").scanned
 
     def test_a_hub_entry_at_another_commit_is_reported_and_rescanned(self, tmp_path, monkeypatch, caplog,
                                                                      tiny_llama_dir):

@@ -6,10 +6,12 @@ import abc
 import os
 import re
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import SourceError, UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -31,10 +33,39 @@ class TensorInfo:
 
 @dataclass(frozen=True)
 class ShardInfo:
-    """A weight file of the checkpoint: its name relative to the source and its size in bytes."""
+    """A weight file of the checkpoint: its name relative to the source and its size in bytes; for a
+    local file also its path and modification time (what tells a stale cache without reading it)."""
 
     name: str
     size: int | None
+    path: str | None = None
+    mtime_ns: int | None = None
+
+
+def local_shard(path: str, name: str) -> ShardInfo:
+    """The ShardInfo of a local file, from one stat."""
+    status = os.stat(path)
+    return ShardInfo(name, status.st_size, os.path.abspath(path), status.st_mtime_ns)
+
+
+_SAMPLE_BYTES = 1 << 20  # per window
+
+
+def sample_digest(path: str, windows: int = 5) -> str:
+    """SHA-256 of a file's size and `windows` evenly spaced 1 MiB windows (the first holds the header,
+    the last the end): what tells a shard rewritten with new weights of the same shapes from the one
+    that was scanned, reading a few MiB instead of the whole file."""
+    import hashlib
+
+    size = os.path.getsize(path)
+    digest = hashlib.sha256(str(size).encode("ascii"))
+    last = max(size - _SAMPLE_BYTES, 0)
+    offsets = sorted({last * index // max(windows - 1, 1) for index in range(windows)})
+    with open(path, "rb") as handle:
+        for offset in offsets:
+            handle.seek(offset)
+            digest.update(handle.read(_SAMPLE_BYTES))
+    return digest.hexdigest()
 
 
 @dataclass
@@ -98,15 +129,16 @@ def open_source(model: str, *, revision: str | None = None, keep_shards: bool = 
 
     `keep_shards=False` lets a Hub source delete the shards it downloaded once they are scanned.
     """
-    from .hub import HubSource
-    from .local import open_local
-
     expanded = os.path.expanduser(model)
     if os.path.exists(expanded):
         if revision is not None:
             raise UsageError(f"--revision applies to Hub ids, but {model} is a local path; drop --revision")
+        from .local import open_local
+
         return open_local(expanded)
     if looks_like_hub_id(model):
+        from .hub import HubSource  # huggingface_hub is imported for Hub ids only
+
         return HubSource(model, revision=revision, keep_shards=keep_shards)
     raise SourceError(
         f"{model}: no such file or folder; pass a model folder, a .safetensors, .gguf or .bin file, "
@@ -117,4 +149,6 @@ def open_source(model: str, *, revision: str | None = None, keep_shards: bool = 
 
 def as_float32(tensor: torch.Tensor) -> torch.Tensor:
     """Exact upcast of a floating tensor to float32 (float64 is rounded, as the reference does)."""
+    import torch
+
     return tensor if tensor.dtype == torch.float32 else tensor.to(torch.float32)

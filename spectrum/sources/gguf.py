@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import CorruptCheckpointError, UnsupportedFormatError
-from .base import ShardInfo, SourceDescription, TensorInfo, TensorSource
+from .base import SourceDescription, TensorInfo, TensorSource, local_shard
 
 try:
     import gguf
@@ -241,7 +241,7 @@ class GGUFSource(TensorSource):
         return SourceDescription(
             kind="gguf",
             location=self.path,
-            shards=[ShardInfo(self.shard, os.path.getsize(self.path))],
+            shards=[local_shard(self.path, self.shard)],
             stored_types=dict(sorted(stored_types.items())),
         )
 

@@ -12,35 +12,56 @@ import math
 import os
 import struct
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import CorruptCheckpointError, SourceError
-from .base import ShardInfo, SourceDescription, TensorInfo, TensorSource
+from .base import SourceDescription, TensorInfo, TensorSource, local_shard
 from .quantized import FP8_SCALE_SUFFIX, dequantize_fp8, fp8_block_size, read_config, refuse_packed_tensors
+
+if TYPE_CHECKING:
+    import torch
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 _MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own limit
 
-# safetensors dtype -> (torch dtype, bytes per element); None where torch has no such dtype.
-DTYPES: dict[str, tuple[torch.dtype | None, int]] = {
-    "F64": (torch.float64, 8),
-    "F32": (torch.float32, 4),
-    "F16": (torch.float16, 2),
-    "BF16": (torch.bfloat16, 2),
-    "F8_E4M3": (getattr(torch, "float8_e4m3fn", None), 1),
-    "F8_E5M2": (getattr(torch, "float8_e5m2", None), 1),
-    "I64": (torch.int64, 8),
-    "I32": (torch.int32, 4),
-    "I16": (torch.int16, 2),
-    "I8": (torch.int8, 1),
-    "U8": (torch.uint8, 1),
-    "U16": (getattr(torch, "uint16", None), 2),
-    "U32": (getattr(torch, "uint32", None), 4),
-    "U64": (getattr(torch, "uint64", None), 8),
-    "BOOL": (torch.bool, 1),
+# safetensors dtype -> (torch dtype name, bytes per element). Header checks need only the sizes,
+# so this module imports torch only when it reads a tensor (a cached run never does).
+_DTYPE_TABLE: dict[str, tuple[str, int]] = {
+    "F64": ("float64", 8),
+    "F32": ("float32", 4),
+    "F16": ("float16", 2),
+    "BF16": ("bfloat16", 2),
+    "F8_E4M3": ("float8_e4m3fn", 1),
+    "F8_E5M2": ("float8_e5m2", 1),
+    "I64": ("int64", 8),
+    "I32": ("int32", 4),
+    "I16": ("int16", 2),
+    "I8": ("int8", 1),
+    "U8": ("uint8", 1),
+    "U16": ("uint16", 2),
+    "U32": ("uint32", 4),
+    "U64": ("uint64", 8),
+    "BOOL": ("bool", 1),
 }
+DTYPE_SIZES: dict[str, int] = {name: size for name, (_, size) in _DTYPE_TABLE.items()}
+
+
+def torch_dtype(name: str) -> "torch.dtype | None":
+    """The torch dtype of a safetensors dtype name; None when unknown or this torch lacks it."""
+    import torch
+
+    entry = _DTYPE_TABLE.get(name)
+    return getattr(torch, entry[0], None) if entry else None
+
+
+def __getattr__(attribute: str):
+    """`DTYPES`: safetensors dtype -> (torch dtype or None, bytes per element), built on first use."""
+    if attribute == "DTYPES":
+        return {name: (torch_dtype(name), size) for name, size in DTYPE_SIZES.items()}
+    raise AttributeError(f"module {__name__!r} has no attribute {attribute!r}")
+
+
 FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})  # scored as stored, upcast exactly
 FP8_DTYPES = frozenset({"F8_E4M3", "F8_E5M2"})
 
@@ -64,11 +85,13 @@ class SafetensorsFile:
     def read(self, info: TensorInfo) -> torch.Tensor:
         """The tensor's bytes as a tensor of its stored dtype and shape."""
         entry = self.entries[info.name]
-        torch_dtype, _ = DTYPES.get(info.dtype, (None, 0))
-        if torch_dtype is None:
+        import torch
+
+        stored = torch_dtype(info.dtype)
+        if stored is None:
             raise CorruptCheckpointError(self.path, f"tensor {info.name} has dtype {info.dtype}, which cannot be read")
         if entry.nbytes == 0:
-            return torch.empty(info.shape, dtype=torch_dtype)
+            return torch.empty(info.shape, dtype=stored)
         buffer = bytearray(entry.nbytes)
         with open(self.path, "rb", buffering=0) as handle:
             handle.seek(entry.begin)
@@ -79,7 +102,7 @@ class SafetensorsFile:
                 if not count:
                     raise CorruptCheckpointError(self.path, f"file ended inside tensor {info.name} (truncated)")
                 filled += count
-        return torch.frombuffer(buffer, dtype=torch_dtype).reshape(info.shape)
+        return torch.frombuffer(buffer, dtype=stored).reshape(info.shape)
 
 
 def _parse_header(path: str, shard: str, size: int) -> dict[str, _Entry]:
@@ -113,7 +136,7 @@ def _parse_header(path: str, shard: str, size: int) -> dict[str, _Entry]:
             raise CorruptCheckpointError(
                 path, f"tensor {name} ends at byte {end} of a {data_size}-byte data section (truncated)"
             )
-        _, itemsize = DTYPES.get(dtype, (None, 0))
+        itemsize = DTYPE_SIZES.get(dtype, 0)
         if itemsize and math.prod(shape) * itemsize != end - begin:
             raise CorruptCheckpointError(
                 path, f"tensor {name} is {dtype} {list(shape)} but its offsets span {end - begin} bytes"
@@ -243,7 +266,7 @@ class LocalSafetensorsSource(ShardedSafetensors):
         return read_config(self.root)
 
     def describe(self) -> SourceDescription:
-        shards = [ShardInfo(name, os.path.getsize(self._local_path(name))) for name in self.shard_names]
+        shards = [local_shard(self._local_path(name), name) for name in self.shard_names]
         return SourceDescription(kind="local", location=os.path.abspath(self.root), shards=shards)
 
 

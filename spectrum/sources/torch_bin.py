@@ -10,18 +10,19 @@ from __future__ import annotations
 import os
 import pickle
 import re
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import CorruptCheckpointError, SourceError, UnsupportedFormatError
-from .base import ShardInfo, SourceDescription, TensorInfo, TensorSource
+from .base import SourceDescription, TensorInfo, TensorSource, local_shard
 from .quantized import FP8_SCALE_SUFFIX, dequantize_fp8, fp8_block_size, read_config, refuse_packed_tensors
-from .safetensors import DTYPES, FP8_DTYPES, shards_from_index
+from .safetensors import DTYPE_SIZES, FP8_DTYPES, shards_from_index, torch_dtype
+
+if TYPE_CHECKING:
+    import torch
 
 BIN_INDEX_FILE = "pytorch_model.bin.index.json"
 BIN_SUFFIXES = (".bin", ".pt", ".pth")
 _BIN_SHARD = re.compile(r"^pytorch_model(-\d+-of-\d+)?\.bin$")
-_DTYPE_NAMES = {torch_dtype: name for name, (torch_dtype, _) in DTYPES.items() if torch_dtype is not None}
 
 
 def bin_shards_in(folder: str) -> list[str]:
@@ -55,6 +56,8 @@ class TorchBinSource(TensorSource):
 
     def _load(self, shard: str) -> dict[str, torch.Tensor]:
         """The shard's tensors by name, memory-mapped; anything but tensors is refused or ignored."""
+        import torch
+
         path = os.path.join(self.root, shard)
         try:
             try:
@@ -85,11 +88,13 @@ class TorchBinSource(TensorSource):
 
     def tensors(self) -> list[TensorInfo]:
         if self._listing is None:
+            names = {torch_dtype(name): name for name in DTYPE_SIZES}
+            names.pop(None, None)
             listing = []
             for shard in self.shard_names:
                 state = self._load(shard)  # memory-mapped: names and shapes only, no tensor bytes read
                 for name, tensor in state.items():
-                    dtype = _DTYPE_NAMES.get(tensor.dtype, str(tensor.dtype).removeprefix("torch."))
+                    dtype = names.get(tensor.dtype, str(tensor.dtype).removeprefix("torch."))
                     listing.append(TensorInfo(name, dtype, tuple(tensor.shape), shard))
                 del state
             refuse_packed_tensors([info.name for info in listing], self.root, folder=self.root)
@@ -112,7 +117,7 @@ class TorchBinSource(TensorSource):
             yield info, tensor
 
     def describe(self) -> SourceDescription:
-        shards = [ShardInfo(name, os.path.getsize(os.path.join(self.root, name))) for name in self.shard_names]
+        shards = [local_shard(os.path.join(self.root, name), name) for name in self.shard_names]
         return SourceDescription(kind="local", location=os.path.abspath(self.root), shards=shards)
 
 
