@@ -27,9 +27,9 @@ from .report import (
     print_summary,
     scan_progress,
 )
-from .scan import default_type_filter, take_inventory
+from .inventory import default_type_filter, take_inventory
 from .select import format_percent, parse_top_percent
-from .snr import DEFAULT_THRESHOLD, THRESHOLDS
+from .thresholds import DEFAULT_THRESHOLD, THRESHOLDS
 from .sources import open_source
 from .store import load_or_scan
 from .summary import summarize, summary_record
@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="signal/noise split of the singular values: the reference's Marchenko-Pastur edge "
                         "(default) or Gavish-Donoho's optimal hard threshold (a departure from the reference)")
     parser.add_argument("--method", default="auto", choices=("auto", "gram", "svd"),
-                        help="singular values by float64 Gram eigenvalues or float32 SVD (default: auto)")
+                        help="singular values by float64 Gram eigenvalues or a float64 SVD of the tall orientation; both "
+                        "exact (default: auto, which is gram)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--threads", type=_positive_int, metavar="N",
                         help="CPU workers, one single-threaded worker each (default: every core)")
@@ -151,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
         target = os.path.dirname(os.path.abspath(args.output))
         if not os.path.isdir(target):
             raise UsageError(f"--output {args.output}: {target} is not an existing folder; create it or choose another path")
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise UsageError(f"--output {args.output}: {target} is not writable; choose another path")
     interactive = args.interactive and sys.stdin.isatty()
     if args.interactive and not interactive:
         LOG.warning("--interactive needs a terminal on stdin; going on with the flags")

@@ -12,9 +12,6 @@ import os
 from dataclasses import dataclass
 from typing import Sequence, TypeVar
 
-import torch
-import torch.distributed as dist
-
 T = TypeVar("T")
 
 
@@ -42,6 +39,9 @@ def join(world: World, device: str) -> str:
     """Join the process group (gloo on CPU, NCCL on CUDA); returns this rank's device."""
     if world.size == 1:
         return device
+    import torch
+    import torch.distributed as dist
+
     use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
@@ -78,6 +78,8 @@ def gather(world: World, value: T) -> list[T]:
     """Every rank's value, in rank order, on every rank."""
     if world.size == 1:
         return [value]
+    import torch.distributed as dist
+
     values: list = [None] * world.size
     dist.all_gather_object(values, value)
     return values
@@ -85,6 +87,10 @@ def gather(world: World, value: T) -> list[T]:
 
 def leave(world: World) -> None:
     """Leave the process group once everyone is done."""
-    if world.size > 1 and dist.is_initialized():
+    if world.size == 1:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

@@ -16,7 +16,7 @@ from typing import Union
 
 from .scores import Scores
 from .select import parse_top_percent
-from .trainer import TrainerView, axolotl_pattern
+from .trainer import TrainerView, axolotl_pattern, view_of_model
 
 Selection = Union[Scores, str, "os.PathLike[str]", dict, Iterable[str]]
 
@@ -170,25 +170,9 @@ def _view_of(model, scores: Scores) -> TrainerView | None:
     """
     try:
         from transformers import PreTrainedModel
-        from transformers.conversion_mapping import get_model_conversion_mapping
-        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+        from transformers.conversion_mapping import get_model_conversion_mapping  # noqa: F401 (transformers 5)
     except ImportError:
         return None
     if not isinstance(model, PreTrainedModel):
         return None
-    parameters = {name: tuple(parameter.shape) for name, parameter in model.named_parameters()}
-    transforms = get_model_conversion_mapping(model)
-    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
-    converters = [t for t in transforms if isinstance(t, WeightConverter)]
-    state = model.state_dict()
-    renamed: dict[str, str] = {}
-    fused: set[str] = set()
-    for module in scores.entries:
-        name = module + ".weight"
-        target, converter = rename_source_key(name, renamings, converters, model.base_model_prefix, state)
-        if target != name:
-            renamed[name] = target
-        if converter is not None:
-            fused.add(target)
-    return TrainerView(type(model).__name__, parameters, renamed, fused)
-
+    return view_of_model(model, [module + ".weight" for module in scores.entries])

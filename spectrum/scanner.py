@@ -6,11 +6,11 @@ than a few tensors. The model is never instantiated and no code from it runs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Mapping, Protocol
 
 import torch
@@ -18,27 +18,18 @@ import torch
 from . import __version__
 from .distributed import World, gather, join, share
 from .errors import SpectrumError
-from .engine import resolve_device, resolve_method, singular_values
-from .naming import (
-    is_input_embedding,
-    is_layer_module,
-    is_output_head,
-    module_name,
-    module_type,
-    natural_key,
-    stack_of,
-)
+from .engine import cpu_threads_limited, resolve_device, resolve_method, singular_values
+from .inventory import Inventory, Matrix, TypeFilter, default_type_filter, take_inventory  # noqa: F401 (re-exported)
+from .naming import module_name, module_type, natural_key
 from .scores import ModuleScore, Scores
 from .pipeline import Batcher, Item, Reader, run_batches
 from .snr import DEFAULT_THRESHOLD, scores_from_singular_values
-from .sources import TensorInfo, TensorSource, open_source
-from .sources.base import SourceDescription
-from .sources.quantized import FP8_SCALE_SUFFIX
-from .sources.safetensors import DTYPES, FLOAT_DTYPES, FP8_DTYPES
+from .sources import TensorSource, open_source
+from .sources.base import ShardInfo, SourceDescription, sample_digest
+from .sources.safetensors import DTYPE_SIZES
 
 LOG = logging.getLogger("spectrum")
 
-TypeFilter = Callable[[str], bool]
 ProgressCallback = Callable[[int, int, int], None]  # (matrices done, matrices total, bytes read)
 
 
@@ -52,101 +43,6 @@ class Journal(Protocol):
 
     def record(self, module: str, score: ModuleScore) -> None:
         """Commit one new score (called in the scanning thread, as results arrive)."""
-
-
-@dataclass(frozen=True)
-class Matrix:
-    """A 2-D floating-point weight to score: a whole 2-D tensor, or one expert of a fused 3-D one."""
-
-    info: TensorInfo
-    module: str
-    type: str
-    layered: bool  # inside a numbered layer
-    expert: int | None = None  # index into a fused (experts, out, in) tensor
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.info.shape[-2:]  # type: ignore[return-value]
-
-
-@dataclass
-class Inventory:
-    """What a checkpoint holds, from its headers alone."""
-
-    matrices: list[Matrix]
-    unsupported: list[TensorInfo] = field(default_factory=list)  # 2-D weights we cannot score (FP8 without scales)
-    embeddings: dict[str, str | None] = field(default_factory=dict)  # "input"/"output" -> tensor name
-
-    def types(self) -> dict[str, dict]:
-        """type -> {"count", "shapes", "layered"} for every scorable matrix type."""
-        summary: dict[str, dict] = {}
-        for matrix in self.matrices:
-            entry = summary.setdefault(matrix.type, {"count": 0, "shapes": [], "layered": matrix.layered})
-            entry["count"] += 1
-            shape = list(matrix.shape)
-            if shape not in entry["shapes"]:
-                entry["shapes"].append(shape)
-        return dict(sorted(summary.items()))
-
-
-def _fused_expert_modules(info: TensorInfo) -> list[str] | None:
-    """Per-expert module names of a fused (experts, out, in) tensor under an `experts` module, else None.
-
-    `model.layers.0.mlp.experts.gate_up_proj` with 8 experts -> `model.layers.0.mlp.experts.0.gate_up_proj`, ...
-    (the per-expert naming of unfused checkpoints, so that types follow the reference per expert).
-    """
-    if len(info.shape) != 3 or 0 in info.shape:
-        return None
-    name = module_name(info.name) or info.name
-    parts = name.split(".")
-    if "experts" not in parts[:-1]:
-        return None
-    position = len(parts) - 1 - parts[::-1].index("experts")
-    head, tail = ".".join(parts[: position + 1]), ".".join(parts[position + 1 :])
-    return [f"{head}.{expert}.{tail}" for expert in range(info.shape[0])]
-
-
-def take_inventory(tensors: list[TensorInfo]) -> Inventory:
-    """Every 2-D floating-point `*.weight` tensor (and each expert of a fused 3-D expert tensor), typed.
-
-    1-D and non-float tensors are left out. When the checkpoint has more than one stack of
-    numbered layers, types carry their stack so each stack is ranked on its own.
-    """
-    candidates: list[tuple[TensorInfo, str, int | None]] = []
-    unsupported = []
-    names = {info.name for info in tensors}
-    embeddings: dict[str, str | None] = {"input": None, "output": None}
-    for info in tensors:
-        if info.dtype not in FLOAT_DTYPES and info.dtype not in FP8_DTYPES:
-            continue
-        experts = _fused_expert_modules(info)
-        module = module_name(info.name)
-        if experts is None and (module is None or len(info.shape) != 2 or 0 in info.shape):
-            continue  # not a weight matrix (1-D, other 3-D, or empty)
-        if info.dtype in FP8_DTYPES and info.name + FP8_SCALE_SUFFIX not in names:  # with a scale: dequantized
-            unsupported.append(info)
-            continue
-        if experts is not None:
-            candidates.extend((info, expert_module, index) for index, expert_module in enumerate(experts))
-            continue
-        candidates.append((info, module, None))
-        if is_input_embedding(module) and embeddings["input"] is None:
-            embeddings["input"] = info.name
-        if is_output_head(module) and embeddings["output"] is None:
-            embeddings["output"] = info.name
-    stacks = {stack for _, module, _ in candidates if (stack := stack_of(module)) is not None}
-    with_stack = len(stacks) > 1
-    matrices = [
-        Matrix(info, module, module_type(module, with_stack=with_stack), is_layer_module(module), expert)
-        for info, module, expert in candidates
-    ]
-    return Inventory(matrices, unsupported, embeddings)
-
-
-def default_type_filter(inventory: Inventory) -> TypeFilter:
-    """Types inside numbered layers (attention, MLP, experts, routers); not embeddings or heads."""
-    layered = {matrix.type for matrix in inventory.matrices if matrix.layered}
-    return layered.__contains__
 
 
 def cpu_count() -> int:
@@ -261,15 +157,20 @@ def scan_source(
         if on_progress:
             on_progress(done, len(mine), reader.bytes_read)
 
-    items = (((item.key.type, item.key.shape), item) for item in reader)
+    # Batches hold matrices of one shape, whatever their type: all experts of a layer (each its own
+    # type, as the reference names them) go to the GPU together.
+    items = ((item.key.shape, item) for item in reader)
     if on_progress:
         on_progress(done, len(mine), 0)
     previous_threads = torch.get_num_threads()
+    limits = contextlib.nullcontext()
     if compute_device.type == "cpu":
         torch.set_num_threads(1)  # one single-threaded worker per core
+        limits = cpu_threads_limited()  # NumPy's OpenBLAS too
     try:
-        run_batches(items, Batcher(batch_bytes=batch_bytes, pending_bytes=pending_bytes), compute,
-                    workers=workers, on_results=on_results)
+        with limits:
+            run_batches(items, Batcher(batch_bytes=batch_bytes, pending_bytes=pending_bytes), compute,
+                        workers=workers, on_results=on_results)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -282,7 +183,7 @@ def scan_source(
             "kind": description.kind,
             "location": description.location,
             "revision": description.revision,
-            "shards": [{"name": shard.name, "size": shard.size} for shard in description.shards],
+            "shards": [_shard_record(shard) for shard in description.shards],
             **({"stored_types": description.stored_types} if description.stored_types else {}),
         },
         "dtypes": sorted({matrix.info.dtype for matrix in chosen}),
@@ -297,6 +198,19 @@ def scan_source(
         "embeddings": inventory.embeddings,
     }
     return ordered, provenance
+
+
+def _shard_record(shard: ShardInfo) -> dict:
+    """A shard in the sidecar: name and size; for a local file also its mtime and a sampled digest,
+    so that a later run can tell new weights of the same size (`store.stale_reason`)."""
+    record: dict = {"name": shard.name, "size": shard.size}
+    if shard.path is not None:
+        record["mtime_ns"] = shard.mtime_ns
+        try:
+            record["sample_sha256"] = sample_digest(shard.path)
+        except OSError:
+            pass
+    return record
 
 
 def scan(
@@ -329,7 +243,7 @@ def scan(
             device=device,
             threads=threads,
             share=lambda chosen: share(
-                world, chosen, lambda m: m.info.shard, lambda m: math.prod(m.shape) * DTYPES[m.info.dtype][1]
+                world, chosen, lambda m: m.info.shard, lambda m: math.prod(m.shape) * DTYPE_SIZES[m.info.dtype]
             ),
             threshold=threshold,
             on_progress=on_progress if world.is_main else None,
@@ -348,31 +262,3 @@ def scan(
     provenance["world_size"] = world.size
     provenance["model"] = model
     return Scores(model=model, entries=entries, meta=provenance)
-
-
-def missing_types(scores: Scores, type_filter: TypeFilter | None) -> set[str] | None:
-    """Types the request wants that a cached file lacks; None when that cannot be known.
-
-    Without a sidecar (a file made elsewhere) the request is taken as covered when at least
-    one cached type matches it, as Axolotl would use the file as it is.
-    """
-    checkpoint_types = scores.meta.get("checkpoint_types")
-    cached = set(scores.types())
-    if not isinstance(checkpoint_types, dict):
-        if type_filter is None or any(type_filter(type_name) for type_name in cached):
-            return set()
-        return None
-    if type_filter is None:
-        wanted = {name for name, entry in checkpoint_types.items() if isinstance(entry, dict) and entry.get("layered")}
-    else:
-        wanted = {name for name in checkpoint_types if type_filter(name)}
-    return wanted - cached
-
-
-def merge(cached: Scores, fresh: Scores) -> Scores:
-    """Cached scores plus freshly scanned types, in (type, layer) order; fresh provenance wins."""
-    combined = dict(cached.entries)
-    combined.update(fresh.entries)
-    ordered = dict(sorted(combined.items(), key=lambda item: (item[1].type, natural_key(item[0]))))
-    return Scores(model=fresh.model, entries=ordered, meta=fresh.meta)
-

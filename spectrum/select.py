@@ -112,7 +112,8 @@ def trainer_entries(
     result = []
     for name, score, type_name in restated:
         if isinstance(score, list):
-            notes[type_name] = f"fused: each ranked by the mean score of its {len(score)} source matrices"
+            notes[type_name] = (f"fused: each ranked by the mean score of its {len(score)} source matrices, "
+                                "as the trainer can only unfreeze the fused tensor whole")
             score = fmean(score)
         result.append((name, score, type_name))
     return result, notes

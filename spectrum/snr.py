@@ -27,24 +27,15 @@ import math
 
 import torch
 
+from .thresholds import DEFAULT_THRESHOLD, THRESHOLDS, gavish_donoho_omega
+
 IQR_TO_SIGMA = 1.349  # interquartile range of a standard normal distribution
-DEFAULT_THRESHOLD = "marchenko-pastur"  # the reference's rule
-THRESHOLDS = (DEFAULT_THRESHOLD, "gavish-donoho")
 
 
 def mp_threshold(sigma: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     """Marchenko-Pastur threshold for singular values of an (rows, cols) noise matrix of scale sigma."""
     beta = min(rows, cols) / max(rows, cols)
     return sigma * (1.0 + math.sqrt(beta))
-
-
-def gavish_donoho_omega(beta: float) -> float:
-    """omega(beta), the multiple of median(S) that is the optimal hard threshold when the noise level is unknown.
-
-    The cubic approximation from Gavish & Donoho (2014), for the aspect ratio 0 < beta <= 1;
-    omega(1) ~= 2.86.
-    """
-    return 0.56 * beta**3 - 0.95 * beta**2 + 1.82 * beta + 1.43
 
 
 def gd_threshold(median: torch.Tensor, rows: int, cols: int) -> torch.Tensor:

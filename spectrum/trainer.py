@@ -6,17 +6,26 @@ fuses per-expert MoE weights into 3-D `mlp.experts.gate_up_proj` / `down_proj` p
 vision-language checkpoints load under `model.language_model.`. The model is built on the meta
 device from its config alone (no weights, no remote code) and transformers' own conversion
 mapping renames each checkpoint tensor, so no hand-written copy of those rules is kept here.
+
+Building it imports transformers and the model's code (seconds), so the result is kept in a small
+cache of its own (`view_cache_dir()`), keyed by the installed transformers version, the bytes of
+`config.json` and the tensor names: a second run with cached scores answers without transformers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import re
 from dataclasses import dataclass, field
+from importlib import metadata
 
 LOG = logging.getLogger("spectrum")
+
+VIEW_CACHE_ENV = "SPECTRUM_CACHE"
+_VIEW_FORMAT = 1  # bump when TrainerView's fields or their meaning change
 
 
 def axolotl_pattern(entry: str) -> re.Pattern[str]:
@@ -55,8 +64,83 @@ class TrainerView:
         return self.renamed.get(tensor_name, tensor_name)
 
 
+def view_cache_dir() -> str:
+    """Where built trainer views are kept: `$SPECTRUM_CACHE`, else `$XDG_CACHE_HOME/spectrum`, else `~/.cache/spectrum`."""
+    chosen = os.environ.get(VIEW_CACHE_ENV)
+    if chosen:
+        return chosen
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "spectrum")
+
+
+def _view_to_json(view: TrainerView | None) -> dict:
+    if view is None:
+        return {"format": _VIEW_FORMAT, "view": None}
+    return {
+        "format": _VIEW_FORMAT,
+        "view": {
+            "architecture": view.architecture,
+            "parameters": {name: list(shape) for name, shape in view.parameters.items()},
+            "renamed": view.renamed,
+            "fused": sorted(view.fused),
+        },
+    }
+
+
+def _view_from_json(payload: object) -> tuple[bool, TrainerView | None]:
+    """(valid, view) from a cached file's content; a file of another format or shape is not valid."""
+    if not isinstance(payload, dict) or payload.get("format") != _VIEW_FORMAT or "view" not in payload:
+        return False, None
+    raw = payload["view"]
+    if raw is None:
+        return True, None
+    try:
+        view = TrainerView(
+            architecture=str(raw["architecture"]),
+            parameters={str(name): tuple(int(d) for d in shape) for name, shape in raw["parameters"].items()},
+            renamed={str(source): str(target) for source, target in raw["renamed"].items()},
+            fused={str(name) for name in raw["fused"]},
+        )
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return False, None
+    return True, view
+
+
+def cached_view(config_path: str, tensor_names: list[str]) -> TrainerView | None:
+    """`build_view`, remembered: the same transformers, config bytes and tensor names give the same view.
+
+    A view that cannot be read from or written to the cache is simply built again.
+    """
+    from .cache import atomic_write_text
+    from .errors import CacheError
+
+    try:
+        transformers_version = metadata.version("transformers")
+        with open(config_path, "rb") as handle:
+            config_digest = hashlib.sha256(handle.read()).hexdigest()
+    except (metadata.PackageNotFoundError, OSError):
+        return build_view(config_path, tensor_names)
+    key = hashlib.sha256(
+        json.dumps([_VIEW_FORMAT, transformers_version, config_digest, sorted(tensor_names)]).encode("utf-8")
+    ).hexdigest()
+    path = os.path.join(view_cache_dir(), "views", f"{key}.json")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            valid, view = _view_from_json(json.load(handle))
+        if valid:
+            return view
+    except (OSError, UnicodeDecodeError, ValueError):
+        pass
+    view = build_view(config_path, tensor_names)
+    try:
+        atomic_write_text(path, json.dumps(_view_to_json(view)) + "\n")
+    except CacheError as err:
+        LOG.debug("trainer view not cached: %s", err)
+    return view
+
+
 def find_config(model: str, revision: str | None = None) -> str | None:
-    """`config.json` beside the weights: in the local folder, or for a Hub id from the HF cache (or Hub)."""
+    """`config.json` beside the weights: in the local folder, or for a Hub id from the HF cache (else the Hub)."""
     expanded = os.path.expanduser(model)
     if os.path.isdir(expanded):
         path = os.path.join(expanded, "config.json")
@@ -65,8 +149,11 @@ def find_config(model: str, revision: str | None = None) -> str | None:
         path = os.path.join(os.path.dirname(os.path.abspath(expanded)), "config.json")
         return path if os.path.isfile(path) else None
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
+        cached = try_to_load_from_cache(model, "config.json", revision=revision)
+        if isinstance(cached, str):  # the scan fetched it: no network on later runs
+            return cached
         return hf_hub_download(model, "config.json", revision=revision)
     except Exception:  # noqa: BLE001 - no config reachable: the check is skipped, not the run
         return None
@@ -81,8 +168,7 @@ def build_view(config_path: str, tensor_names: list[str]) -> TrainerView | None:
         import torch
         import transformers
         from transformers import AutoConfig
-        from transformers.conversion_mapping import get_model_conversion_mapping
-        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+        from transformers.conversion_mapping import get_model_conversion_mapping  # noqa: F401 (transformers 5)
     except ImportError as err:  # an older transformers: names are taken as stored
         LOG.info("transformers lacks the conversion mapping (%s); names are taken as stored", err)
         return None
@@ -111,6 +197,15 @@ def build_view(config_path: str, tensor_names: list[str]) -> TrainerView | None:
     if model is None:
         LOG.info("no transformers class builds %s; names are not checked", raw.get("architectures"))
         return None
+
+    return view_of_model(model, tensor_names)
+
+
+def view_of_model(model, tensor_names: list[str]) -> TrainerView:
+    """A built transformers model's parameters, and where transformers' conversion mapping puts each
+    checkpoint tensor (renamed, or fused into a parameter built from several tensors)."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
 
     parameters = {name: tuple(parameter.shape) for name, parameter in model.named_parameters()}
     transforms = get_model_conversion_mapping(model)
@@ -160,10 +255,11 @@ def checked_yaml(
             recorded = scores.meta.get("embeddings")
             if isinstance(recorded, dict):
                 tensor_names += [name for name in recorded.values() if isinstance(name, str)]
-            view = build_view(config, tensor_names)
+            view = cached_view(config, tensor_names)
         if view is None and check:
             raise SpectrumError(
-                f"--check needs the model's config.json and an architecture transformers knows; none usable for "
+                f"--check needs the model's config.json, an architecture transformers knows and transformers 5 or newer "
+                f"(its conversion mapping); none of that is usable for "
                 f"{model} (pass --no-check to write the names as stored)"
             )
     text = scores.to_yaml(top_percent, types=types, embeddings=embeddings, view=view, group_experts=group_experts)

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,9 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # test this checkout, whatever else is installed
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+# Trainer views built by the tests (and the CLI subprocesses they start) go to a folder of this
+# session's, never to the user's ~/.cache/spectrum.
+os.environ["SPECTRUM_CACHE"] = tempfile.mkdtemp(prefix="spectrum-test-cache-")
 
 
 def minilm_model_dir() -> Path:

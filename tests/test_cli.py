@@ -40,6 +40,23 @@ def test_scan_then_reuse_without_weights(tiny_llama_dir, tmp_path):
     assert yaml_file.read_text() == expected_yaml(scores, 67, str(model), embeddings)
     for text in ("mlp.down_proj", "matrices", "selected", str(scores_file.name), yaml_file.name):
         assert text in first.stderr
+    # Each type's row: count, selected, min / median / max, selected layers (computed here independently).
+    rows = {line.split()[0]: line.split() for line in first.stderr.splitlines() if line.strip()}
+    for type_name in {value["type"] for value in scores.values()}:
+        members = sorted(((v["snr"], int(k.split(".")[2])) for k, v in scores.items() if v["type"] == type_name),
+                         key=lambda member: -member[0])
+        values = sorted(snr for snr, _ in members)
+        kept = len(members) * 67 // 100
+        layers = sorted(layer for _, layer in members[:kept])
+        runs: list[list[int]] = []
+        for layer in layers:  # consecutive layers collapse into a-b
+            if runs and layer == runs[-1][-1] + 1:
+                runs[-1].append(layer)
+            else:
+                runs.append([layer])
+        ranges = ", ".join(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs)
+        assert rows[type_name] == [type_name, "3", str(kept), f"{values[0]:.4g}", f"{values[1]:.4g}",
+                                   f"{values[2]:.4g}", *ranges.split()], first.stderr
 
     shutil.rmtree(model)  # the second run must not need the weights at all
     second = run_cli("--model-name", str(model), "--name", "org/tiny_llama", "--top-percent", "34", "--output", "-", cwd=work)
@@ -103,3 +120,35 @@ def test_foreign_sorted_cache_is_used_as_the_reference_would(tmp_path):
         "# mlp.up_proj layers",
         "- model.layers.1.mlp.up_proj",
     ]
+
+
+# Runs the command line in this interpreter, then reports which heavy packages it imported.
+_IMPORTS_PROBE = """
+import json, sys
+from spectrum.cli import main
+code = main(sys.argv[1:])
+heavy = sorted(name for name in ("torch", "transformers", "numpy") if name in sys.modules)
+print(json.dumps({"code": code, "imported": heavy}), file=sys.stderr)
+"""
+
+
+def test_cached_run_imports_neither_torch_nor_transformers(tiny_llama_dir, tmp_path):
+    """The cached path (scores, name check, YAML, summary) is pure Python: it answers in about a second."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    work = tmp_path / "work"
+    work.mkdir()
+    first = run_cli("--model", str(tiny_llama_dir), "--top-percent", "50", cwd=work)
+    assert first.returncode == 0, first.stderr
+    environment = dict(os.environ, NO_COLOR="1", PYTHONPATH=str(REPO_ROOT))
+    for args in (["--top-percent", "34"], ["--top-percent", "34", "--output", "-"], ["--list-types"]):
+        probe = subprocess.run([sys.executable, "-c", _IMPORTS_PROBE, "--model", str(tiny_llama_dir), *args],
+                               cwd=work, env=environment, capture_output=True, text=True, timeout=120)
+        report = json.loads(probe.stderr.strip().splitlines()[-1])
+        assert report == {"code": 0, "imported": []}, probe.stderr
+        if "--output" in args:
+            assert probe.stdout.startswith("# spectrum ") and "- model.layers." in probe.stdout

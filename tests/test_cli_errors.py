@@ -4,6 +4,7 @@ for usage and 1 at run time, no traceback (unless --debug), and no file created 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -132,6 +133,19 @@ def test_unwritable_output_location(tmp_path, env, tiny_llama_dir):
     assert_one_line_error(result, 2, "somefile/x.yaml", "not an existing folder")
     assert blocker.read_text() == "a regular file, not a folder\n"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["somefile"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
+def test_read_only_output_folder(tmp_path, env, tiny_llama_dir):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        result = run_cli("--model", str(tiny_llama_dir), "--output", "locked/x.yaml", "--quiet", cwd=tmp_path, env=env)
+        assert_one_line_error(result, 2, "locked/x.yaml", "not writable")
+        assert list(locked.iterdir()) == [] and not (tmp_path / "model_snr_results").exists()
+    finally:
+        locked.chmod(0o755)
 
 
 def test_debug_shows_the_traceback(tmp_path, env):

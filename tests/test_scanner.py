@@ -10,7 +10,8 @@ from safetensors.torch import save_file
 
 from reference import reference_score
 from spectrum.errors import SpectrumError
-from spectrum.scan import missing_types, merge, scan, take_inventory
+from spectrum.scanner import scan, take_inventory
+from spectrum.store import merge, missing_types
 from spectrum.scores import ModuleScore, Scores
 from spectrum.sources import open_source
 

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from spectrum.errors import UnsupportedFormatError
-from spectrum.scan import scan, take_inventory
+from spectrum.scanner import scan, take_inventory
 from spectrum.sources import open_source
 
 # Shapes that are and are not multiples of the block, so edge blocks get cropped.

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from conftest import run_cli
 from spectrum.errors import SourceError, UnsupportedFormatError
-from spectrum.scan import scan
+from spectrum.scanner import scan
 from spectrum.sources import open_source
 
 gguf = pytest.importorskip("gguf")

@@ -33,7 +33,8 @@ def write_raw(path: Path, header: dict | bytes, data: bytes = b"", *, declared_l
 
 
 def expect_corrupt(path: Path, *fragments: str) -> CorruptCheckpointError:
-    """Opening `path` raises CorruptCheckpointError whose message names the problem and the file."""
+    """Opening `path` raises CorruptCheckpointError whose message names the problem and the file; and
+    the command line, given the file, prints that message as its one line, exits 1, and writes nothing."""
     with pytest.raises(CorruptCheckpointError) as caught:
         SafetensorsFile(str(path), path.name)
     message = str(caught.value)
@@ -41,7 +42,28 @@ def expect_corrupt(path: Path, *fragments: str) -> CorruptCheckpointError:
     assert message.startswith(f"{path}: ")
     for fragment in fragments:
         assert fragment in message, f"{fragment!r} not in {message!r}"
+    expect_cli_failure(path, message)
     return caught.value
+
+
+def expect_cli_failure(path: Path, message: str) -> None:
+    """`spectrum --model PATH` (in this process): exit 1, `spectrum: error: <message>` alone on stderr,
+    nothing on stdout, and no scores, YAML, partial or temporary file left behind."""
+    import contextlib
+    import io
+
+    from spectrum.cli import main
+
+    work = path.parent / f"cli-{path.name}"
+    work.mkdir()
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(["--model", str(path), "--quiet", "--cache-dir", str(work / "cache"),
+                     "--output", str(work / "out.yaml"), "--no-check"])
+    assert (code, stdout.getvalue()) == (1, "")
+    assert stderr.getvalue().splitlines() == [f"spectrum: error: {message}"]
+    left = sorted(item.name for item in work.rglob("*") if item.is_file())
+    assert all(name.endswith(".lock") for name in left), left  # the entry's lock file is all that may remain
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -473,7 +495,7 @@ def test_broken_index(tmp_path, text, fragment):
 
 
 def test_scan_leaves_out_a_zero_size_matrix(tmp_path):
-    from spectrum.scan import scan
+    from spectrum.scanner import scan
 
     path = tmp_path / "model.safetensors"
     save_file(

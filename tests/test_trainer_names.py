@@ -12,9 +12,9 @@ from safetensors.torch import save_file
 from conftest import run_cli
 from reference import reference_score
 from spectrum.errors import SpectrumError
-from spectrum.scan import scan
+from spectrum.scanner import scan
 from spectrum.select import yaml_entries
-from spectrum.trainer import axolotl_pattern, build_view, checked_yaml, unmatched_entries
+from spectrum.trainer import axolotl_pattern, build_view, cached_view, checked_yaml, unmatched_entries
 
 
 def small(family: str):
@@ -83,7 +83,7 @@ EXPECTED = {
 @pytest.mark.parametrize("family", list(EXPECTED))
 def test_yaml_unfreezes_exactly_what_is_expected(checkpoints, family):
     scores = scan(str(checkpoints[family]), device="cpu", threads=1)
-    text = checked_yaml(scores, 50, model=str(checkpoints[family]))
+    text = checked_yaml(scores, 50, model=str(checkpoints[family]), check=True)  # the check must run
     entries = yaml_entries(text)
     parameters = meta_parameters(family)
     assert unmatched_entries(entries, parameters) == []
@@ -96,7 +96,8 @@ def test_moe_experts_fused_by_transformers(checkpoints):
     assert scores.entries["model.layers.0.block_sparse_moe.experts.3.w1"].type == "block_sparse_moe.experts.3.w1"
     assert sum(1 for module in scores.entries if ".experts." in module) == 2 * 4 * 3
     text = checked_yaml(scores, 50, model=str(checkpoints["mixtral"]))
-    assert "# mlp.experts.gate_up_proj layers (fused: each ranked by the mean score of its 8 source matrices)\n" in text
+    assert ("# mlp.experts.gate_up_proj layers (fused: each ranked by the mean score of its 8 source matrices, "
+            "as the trainer can only unfreeze the fused tensor whole)\n") in text
     # The fused parameter kept is the layer whose experts' mean score is higher.
     means = {layer: sum(scores.entries[f"model.layers.{layer}.block_sparse_moe.experts.{e}.{w}"].snr
                         for e in range(4) for w in ("w1", "w3")) / 8 for layer in (0, 1)}
@@ -141,7 +142,7 @@ def test_fused_3d_expert_tensors_are_scored_per_expert(tmp_path):
         assert entry.type == f"mlp.experts.{expert}.gate_up_proj"
         assert entry.snr == pytest.approx(reference_score(fused[expert].double().numpy()), rel=1e-9)
     text = checked_yaml(scores, 50, model=str(tmp_path))
-    assert "(fused: each ranked by the mean score of its 4 source matrices)" in text
+    assert "(fused: each ranked by the mean score of its 4 source matrices, as" in text
     assert len(unfrozen(meta_parameters("mixtral"), yaml_entries(text))) == 9
 
 
@@ -187,3 +188,33 @@ def test_view_maps_checkpoint_names(checkpoints):
     assert view.architecture == "LlavaForConditionalGeneration"
     assert view.parameter_of("language_model.model.layers.0.mlp.down_proj.weight") == "model.language_model.layers.0.mlp.down_proj.weight"
     assert view.parameter_of("language_model.lm_head.weight") == "lm_head.weight"
+
+
+def test_views_are_cached_by_transformers_config_and_names(checkpoints, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECTRUM_CACHE", str(tmp_path / "cache"))
+    config = checkpoints["mixtral"] / "config.json"
+    names = list(json.loads((checkpoints["mixtral"] / "model.safetensors.index.json").read_text())["weight_map"])
+    built = build_view(str(config), names)
+    assert cached_view(str(config), names) == built  # built, then written
+    files = list((tmp_path / "cache" / "views").glob("*.json"))
+    assert len(files) == 1
+    assert cached_view(str(config), names) == built  # read back: same parameters, renames and fused set
+    assert built.fused and built.renamed  # the fused MoE experts survive the round trip
+
+    files[0].write_text('{"format": 1, "view": {"architecture": "X"}}')  # damaged: rebuilt and rewritten
+    assert cached_view(str(config), names) == built
+    assert json.loads(files[0].read_text())["view"]["architecture"] == "MixtralForCausalLM"
+
+    assert cached_view(str(config), names[:-1]) is not None  # other names: another entry
+    assert len(list((tmp_path / "cache" / "views").glob("*.json"))) == 2
+
+
+def test_a_model_transformers_cannot_build_is_remembered_too(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECTRUM_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "custom"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "no-such-architecture", "architectures": ["NoSuchModel"]}')
+    assert cached_view(str(folder / "config.json"), ["a.weight"]) is None
+    (entry,) = (tmp_path / "cache" / "views").glob("*.json")
+    assert json.loads(entry.read_text()) == {"format": 1, "view": None}
+    assert cached_view(str(folder / "config.json"), ["a.weight"]) is None

@@ -16,10 +16,12 @@ from __future__ import annotations
 import json
 import math
 import os
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import UnsupportedFormatError
+
+if TYPE_CHECKING:
+    import torch
 
 FP8_SCALE_SUFFIX = "_scale_inv"  # `x.weight` -> `x.weight_scale_inv`
 DEFAULT_BLOCK = (128, 128)
@@ -135,6 +137,8 @@ def dequantize_fp8(weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[i
     (..., ceil(m / bm), ceil(n / bn)); a scale with a single element applies to the whole tensor.
     Returns float32 of the weight's shape.
     """
+    import torch
+
     scale = scale_inv.to(torch.float32)
     if scale.numel() == 1:
         return weight.to(torch.float32) * scale.reshape(())
