@@ -29,7 +29,6 @@ import os
 import queue
 import struct
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
