@@ -106,7 +106,7 @@ def heatmap_png(grid: Grid, *, title: str, subtitle: str = "") -> bytes:
     width, height = heatmap_size(len(grid.layers), grid.types)
     figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     FigureCanvasAgg(figure)
-    figure.text(0.5, 1 - 8 / height, _fit(title, width, 7.2), ha="center", va="top", fontsize=10, weight="bold")
+    figure.text(0.5, 1 - 8 / height, _fit(title, width, 8.6), ha="center", va="top", fontsize=10, weight="bold")
     figure.text(0.5, 1 - 26 / height, _fit(subtitle, width, 6.0), ha="center", va="top", fontsize=8.5)
     if not grid.types:
         figure.text(0.5, 0.5, "no module types inside numbered layers to show", ha="center", va="center")

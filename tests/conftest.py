@@ -105,3 +105,23 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subproc
 def load_json(path: Path) -> dict:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def expect_cli_failure(path: Path, message: str) -> None:
+    """`spectrum --model PATH` (in this process): exit 1, `spectrum: error: <message>` alone on stderr,
+    nothing on stdout, and no scores, YAML, partial or temporary file left behind."""
+    import contextlib
+    import io
+
+    from spectrum.cli import main
+
+    work = path.parent / f"cli-{path.name}"
+    work.mkdir()
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(["--model", str(path), "--quiet", "--cache-dir", str(work / "cache"),
+                     "--output", str(work / "out.yaml"), "--no-check"])
+    assert (code, stdout.getvalue()) == (1, "")
+    assert stderr.getvalue().splitlines() == [f"spectrum: error: {message}"]
+    left = sorted(item.name for item in work.rglob("*") if item.is_file())
+    assert all(name.endswith(".lock") for name in left), left  # the entry's lock file is all that may remain

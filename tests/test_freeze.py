@@ -142,3 +142,29 @@ class TestScores:
         spectrum.freeze(model, "org/tiny", top_percent=34)  # resolved with the cache's slug rule
         assert trainable(model) == trainable(expected)
         assert spectrum.load_scores("org/tiny").entries == layer2_best().entries
+
+
+def test_scores_of_a_mixtral_checkpoint_freeze_the_fused_experts_transformers_builds(tmp_path):
+    """The checkpoint stores one matrix per expert; transformers 5 fuses them into 3-D parameters. freeze()
+    restates the scores under the model's names and unfreezes whole fused tensors, ranked by their mean."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    torch.manual_seed(0)
+    config = MixtralConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                           num_local_experts=4, num_experts_per_tok=2)
+    MixtralForCausalLM(config).save_pretrained(tmp_path / "mixtral")
+    scores = spectrum.scan(str(tmp_path / "mixtral"), device="cpu", threads=1)
+    assert "model.layers.0.block_sparse_moe.experts.3.w1" in scores.entries  # per expert, as stored
+
+    model = MixtralForCausalLM(config)
+    unfrozen = spectrum.freeze(model, scores, top_percent=50)
+    names = trainable(model)
+    # 1 of 2 layers per type: q, k, v, o, the router, the fused gate_up and down; plus both embeddings.
+    assert len(names) == 9 and unfrozen.unmatched == (), sorted(names)
+    fused = {name for name in names if name.endswith(("experts.gate_up_proj", "experts.down_proj"))}
+    assert len(fused) == 2 and all(model.get_parameter(name).dim() == 3 for name in fused)
+    means = {layer: sum(scores.entries[f"model.layers.{layer}.block_sparse_moe.experts.{e}.{w}"].snr
+                        for e in range(4) for w in ("w1", "w3")) / 8 for layer in (0, 1)}
+    best = max(means, key=means.get)
+    assert f"model.layers.{best}.mlp.experts.gate_up_proj" in names

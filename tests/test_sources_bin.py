@@ -12,7 +12,7 @@ import pytest
 import torch
 from huggingface_hub import save_torch_state_dict
 
-from conftest import run_cli
+from conftest import run_cli, expect_cli_failure
 from spectrum.errors import CorruptCheckpointError, UnsupportedFormatError
 from spectrum.scanner import scan
 from spectrum.sources import open_source
@@ -133,6 +133,7 @@ def test_damaged_bin_is_a_corrupt_checkpoint(tmp_path):
     with pytest.raises(CorruptCheckpointError, match="torch.load cannot read it") as caught:
         open_source(str(tmp_path)).tensors()
     assert str(tmp_path / "pytorch_model.bin") in str(caught.value)
+    expect_cli_failure(tmp_path, str(caught.value))
 
 
 def test_index_naming_a_missing_shard(twins, tmp_path):
@@ -143,5 +144,6 @@ def test_index_naming_a_missing_shard(twins, tmp_path):
     os.unlink(first)
     from spectrum.errors import SourceError
 
-    with pytest.raises(SourceError, match=f"missing from the folder \\({first.name}"):
+    with pytest.raises(SourceError, match=f"missing from the folder \\({first.name}") as caught:
         open_source(str(partial))
+    expect_cli_failure(partial, str(caught.value))

@@ -261,6 +261,41 @@ class TestFamilies:
         down_proj = torch.from_numpy(layer["blk.0.ffn_down.weight"])
         assert torch.equal(read["model.layers.0.mlp.down_proj.weight"], down_proj)
 
+    @pytest.mark.parametrize("arch", ["qwen2", "gemma", "gemma3", "mistral3"])
+    def test_the_other_families_give_the_transformers_models_names_and_shapes(self, tmp_path, arch):
+        """Each family's llama.cpp tensors, as its converter writes them, read back under the names and shapes
+        of the model transformers builds from the matching config."""
+        import transformers as T
+
+        text = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=8)
+        layer = dense_layer()
+        hf_q = torch.from_numpy(layer["blk.0.attn_q.weight"])
+        tensors = {"token_embd.weight": random_matrix(64, 32, 8), "output_norm.weight": np.full(32, 1.25, np.float32)}
+        if arch == "qwen2":  # q/k/v biases, tied embeddings
+            config = T.Qwen2Config(**text, tie_word_embeddings=True)
+            layer |= {f"blk.0.attn_{x}.bias": np.zeros(rows, np.float32) for x, rows in (("q", 32), ("k", 16), ("v", 16))}
+            layer["blk.0.ffn_norm.weight"] = np.ones(32, np.float32)
+        elif arch == "gemma":
+            config = T.GemmaConfig(**text)
+            layer["blk.0.ffn_norm.weight"] = np.full(32, 1.5, np.float32)
+        elif arch == "gemma3":  # sandwich norms and q/k norms
+            config = T.Gemma3TextConfig(**text)
+            layer |= {f"blk.0.{norm}.weight": np.full(32, 1.5, np.float32)
+                      for norm in ("ffn_norm", "post_attention_norm", "post_ffw_norm")}
+            layer |= {"blk.0.attn_q_norm.weight": np.ones(8, np.float32), "blk.0.attn_k_norm.weight": np.ones(8, np.float32)}
+        else:  # mistral3: llama-style q/k row permutation, untied head
+            config = T.MistralConfig(**text, tie_word_embeddings=False)
+            layer["blk.0.ffn_norm.weight"] = np.ones(32, np.float32)
+            layer["blk.0.attn_q.weight"] = llama_cpp_permute(hf_q, 4).numpy()
+            layer["blk.0.attn_k.weight"] = llama_cpp_permute(torch.from_numpy(layer["blk.0.attn_k.weight"]), 2).numpy()
+            tensors["output.weight"] = random_matrix(64, 32, 9)
+        read = read_all(write_gguf(tmp_path / f"{arch}.gguf", arch, {**tensors, **layer}))
+        assert {name: tuple(t.shape) for name, t in read.items()} == meta_parameters(config)
+        assert torch.equal(read["model.layers.0.self_attn.q_proj.weight"], hf_q)  # unpermuted where permuted
+        if arch.startswith("gemma"):  # the converter stored norms as w + 1
+            assert torch.equal(read["model.norm.weight"], torch.full((32,), 0.25))
+
     def test_every_family_in_the_table(self):
         assert {"llama", "mistral3", "qwen2", "qwen3", "gemma", "gemma2", "gemma3"} <= set(ARCHITECTURES)
         assert [arch for arch, family in ARCHITECTURES.items() if family.permuted_qk] == ["llama", "mistral3"]

@@ -17,6 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from spectrum.errors import CorruptCheckpointError, SourceError, UsageError
+from conftest import expect_cli_failure
 from spectrum.sources import open_source
 from spectrum.sources.safetensors import INDEX_FILE, LocalSafetensorsSource, SafetensorsFile, shards_from_index
 
@@ -44,26 +45,6 @@ def expect_corrupt(path: Path, *fragments: str) -> CorruptCheckpointError:
         assert fragment in message, f"{fragment!r} not in {message!r}"
     expect_cli_failure(path, message)
     return caught.value
-
-
-def expect_cli_failure(path: Path, message: str) -> None:
-    """`spectrum --model PATH` (in this process): exit 1, `spectrum: error: <message>` alone on stderr,
-    nothing on stdout, and no scores, YAML, partial or temporary file left behind."""
-    import contextlib
-    import io
-
-    from spectrum.cli import main
-
-    work = path.parent / f"cli-{path.name}"
-    work.mkdir()
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = main(["--model", str(path), "--quiet", "--cache-dir", str(work / "cache"),
-                     "--output", str(work / "out.yaml"), "--no-check"])
-    assert (code, stdout.getvalue()) == (1, "")
-    assert stderr.getvalue().splitlines() == [f"spectrum: error: {message}"]
-    left = sorted(item.name for item in work.rglob("*") if item.is_file())
-    assert all(name.endswith(".lock") for name in left), left  # the entry's lock file is all that may remain
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -459,6 +440,7 @@ def test_index_naming_a_missing_shard(tmp_path, tiny_llama_dir):
         open_source(str(model))
     assert not isinstance(caught.value, CorruptCheckpointError)
     assert victim in str(caught.value) and "missing" in str(caught.value)
+    expect_cli_failure(model, str(caught.value))
 
 
 @pytest.mark.parametrize("shard", ["../outside.safetensors", "sub/../../outside.safetensors", "..\\evil.safetensors",
@@ -472,6 +454,7 @@ def test_index_pointing_outside_the_folder(tmp_path, tiny_llama_dir, shard):
     with pytest.raises(CorruptCheckpointError, match="points outside the model folder") as caught:
         open_source(str(model))
     assert repr(shard) in str(caught.value)
+    expect_cli_failure(model, str(caught.value))
 
 
 @pytest.mark.parametrize(
@@ -490,8 +473,9 @@ def test_broken_index(tmp_path, text, fragment):
     model.mkdir()
     save_file({"a.weight": torch.ones(2, 2)}, str(model / "model.safetensors"))
     (model / INDEX_FILE).write_text(text)
-    with pytest.raises(CorruptCheckpointError, match=fragment):
+    with pytest.raises(CorruptCheckpointError, match=fragment) as caught:
         open_source(str(model))
+    expect_cli_failure(model, str(caught.value))
 
 
 def test_scan_leaves_out_a_zero_size_matrix(tmp_path):
