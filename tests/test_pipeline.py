@@ -110,6 +110,32 @@ def test_batched_path_matches_one_by_one(tiny_llama_dir):
     assert batched == single and list(batched) == list(single)
 
 
+def test_moe_experts_of_every_type_batch_together(tmp_path, monkeypatch):
+    """Per-expert types (`block_sparse_moe.experts.3.w1`) share a shape: batches are keyed by shape alone, so
+    the gate and up matrices of every expert and layer go to the device in one batch."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    from spectrum import scanner
+
+    torch.manual_seed(0)
+    MixtralForCausalLM(MixtralConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+                                     num_experts_per_tok=2)).save_pretrained(tmp_path / "mixtral", max_shard_size="30KB")
+    single, _ = scan_source(open_source(str(tmp_path / "mixtral")), device="cpu", threads=1)
+    sizes: list[tuple[tuple[int, int], int]] = []
+    original = scanner.singular_values
+
+    def recording(stack, **options):
+        sizes.append((tuple(stack.shape[1:]), stack.shape[0]))
+        return original(stack, **options)
+
+    monkeypatch.setattr(scanner, "singular_values", recording)
+    batched, _ = scan_source(open_source(str(tmp_path / "mixtral")), device="cpu", threads=1, batch_bytes=1 << 30)
+    assert batched == single and list(batched) == list(single)
+    assert ((48, 32), 2 * 4 * 2) in sizes  # w1 and w3 of 4 experts in 2 layers: 8 types, one batch
+    assert sum(count for _, count in sizes) == len(single)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_scan_matches_cpu(tiny_llama_dir, minilm_dir):
     for model in (tiny_llama_dir, minilm_dir):
