@@ -116,8 +116,13 @@ def cached_view(config_path: str, tensor_names: list[str]) -> TrainerView | None
 
     try:
         transformers_version = metadata.version("transformers")
-        with open(config_path, "rb") as handle:
-            config_digest = hashlib.sha256(handle.read()).hexdigest()
+        if config_path.endswith(".gguf"):  # a large file: its sampled digest stands for its metadata
+            from .sources.base import sample_digest
+
+            config_digest = sample_digest(config_path)
+        else:
+            with open(config_path, "rb") as handle:
+                config_digest = hashlib.sha256(handle.read()).hexdigest()
     except (metadata.PackageNotFoundError, OSError):
         return build_view(config_path, tensor_names)
     key = hashlib.sha256(
@@ -137,6 +142,17 @@ def cached_view(config_path: str, tensor_names: list[str]) -> TrainerView | None
     except CacheError as err:
         LOG.debug("trainer view not cached: %s", err)
     return view
+
+
+def _gguf_file(model: str) -> str | None:
+    """The `.gguf` file a local model argument names (the file, or a folder's only one), else None."""
+    expanded = os.path.expanduser(model)
+    if os.path.isfile(expanded):
+        return expanded if expanded.endswith(".gguf") else None
+    if os.path.isdir(expanded):
+        found = [name for name in os.listdir(expanded) if name.endswith(".gguf")]
+        return os.path.join(expanded, found[0]) if len(found) == 1 else None
+    return None
 
 
 def find_config(model: str, revision: str | None = None) -> str | None:
@@ -160,7 +176,8 @@ def find_config(model: str, revision: str | None = None) -> str | None:
 
 
 def build_view(config_path: str, tensor_names: list[str]) -> TrainerView | None:
-    """Build the model on the meta device from `config.json` and map the checkpoint's tensor names.
+    """Build the model on the meta device from `config.json` (or from a `.gguf` file's metadata, read
+    by transformers' GGUF support) and map the checkpoint's tensor names.
 
     Returns None (and logs why) when transformers does not know the architecture without remote code.
     """
@@ -173,9 +190,13 @@ def build_view(config_path: str, tensor_names: list[str]) -> TrainerView | None:
         LOG.info("transformers lacks the conversion mapping (%s); names are taken as stored", err)
         return None
     try:
-        with open(config_path, encoding="utf-8") as handle:
-            raw = json.load(handle)
-        config = AutoConfig.from_pretrained(os.path.dirname(config_path), trust_remote_code=False)
+        if config_path.endswith(".gguf"):
+            config = AutoConfig.from_pretrained(os.path.dirname(config_path), gguf_file=os.path.basename(config_path))
+            raw = {"architectures": getattr(config, "architectures", None) or []}
+        else:
+            with open(config_path, encoding="utf-8") as handle:
+                raw = json.load(handle)
+            config = AutoConfig.from_pretrained(os.path.dirname(config_path), trust_remote_code=False)
     except Exception as err:  # noqa: BLE001 - unknown model type, custom code, broken config
         LOG.info("transformers cannot build this model from its config (%s); names are not checked", err)
         return None
@@ -250,6 +271,8 @@ def checked_yaml(
     view = None
     if check is not False:
         config = find_config(model, revision)
+        if config is None and check:
+            config = _gguf_file(model)  # --check on a GGUF: its metadata gives the config (slower to read)
         if config is not None:
             tensor_names = [module + ".weight" for module in scores.entries]
             recorded = scores.meta.get("embeddings")

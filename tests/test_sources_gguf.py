@@ -154,6 +154,20 @@ class TestRealSmolLM2:
         assert from_gguf.meta["dtypes"] == from_safetensors.meta["dtypes"] == ["F32"]
         assert from_gguf.meta["embeddings"] == {"input": "model.embed_tokens.weight", "output": None}
 
+    def test_check_builds_the_model_from_the_gguf_metadata(self, smollm2, tmp_path, meta_model):
+        """No config.json beside a GGUF: `--check` reads the config from the GGUF itself (transformers' GGUF
+        support) and every YAML entry matches a parameter of the model it builds."""
+        from spectrum.select import yaml_entries
+        from spectrum.trainer import unmatched_entries
+
+        result = run_cli("--model", str(smollm2), "--check", "--top-percent", "25", "--output", "-", "--quiet",
+                         cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        entries = yaml_entries(result.stdout)
+        assert entries[0] == "^model.embed_tokens.weight$" and len(entries) == 1 + 7 * (LAYERS * 25 // 100)
+        parameters = [name for name, _ in meta_model.named_parameters()]
+        assert unmatched_entries(entries, parameters) == []
+
 
 # ---------------------------------------------------------------------------------------------
 # GGUFs written with GGUFWriter
