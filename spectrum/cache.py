@@ -31,7 +31,17 @@ def meta_path(scores_file: str) -> str:
 
 
 def atomic_write_text(path: str, text: str) -> None:
-    """Write `text` to `path` so that readers see the old file or the whole new one, never a part."""
+    """Write `text` (UTF-8) to `path` so that readers see the old file or the whole new one, never a part."""
+    _atomic_write(path, text, "w")
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write `data` to `path` the same way (the report's PNG and HTML)."""
+    _atomic_write(path, data, "wb")
+
+
+def _atomic_write(path: str, content: str | bytes, mode: str) -> None:
+    """Write to a temporary file beside `path`, fsync it, and rename it into place."""
     directory = os.path.dirname(path) or "."
     try:
         os.makedirs(directory, exist_ok=True)
@@ -39,8 +49,8 @@ def atomic_write_text(path: str, text: str) -> None:
     except OSError as err:
         raise CacheError(path, f"cannot write here ({err.strerror}); choose another location") from err
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
+        with os.fdopen(handle, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as out:
+            out.write(content)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(temporary, 0o644)

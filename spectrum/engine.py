@@ -5,7 +5,7 @@ Two exact methods:
   The float32 weights are exact in float64, so the result agrees with a float64 SVD to
   about 1e-13 relative, and on CPU it is several times faster than an SVD.
   On CPU the Gram matrix is NumPy's `syrk` (OpenBLAS builds one triangle: half the flops, and
-  1.1-2.7x faster here than torch's matmul, whose MKL takes a generic path on AMD CPUs), and its
+  about 2x faster here than torch's matmul, whose MKL takes a generic path on AMD CPUs), and its
   eigenvalues come from NumPy's `eigvalsh` below 2048 rows and torch's (MKL) from 2048 up, the
   faster of the two on each side of that size (benchmarks/METHODS.md). On CUDA it is one batched
   matmul and `eigvalsh` in torch.

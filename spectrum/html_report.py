@@ -9,12 +9,11 @@ from __future__ import annotations
 import base64
 import html
 import os
-import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 
 from . import __version__
-from .errors import CacheError
+from .cache import atomic_write_bytes
 from .plot import heatmap_grid, heatmap_png
 from .scores import Scores
 from .select import format_percent, parse_top_percent
@@ -106,29 +105,10 @@ def write_report(
     summaries = summarize(scores, top_percent, types=types)
     subtitle = f"score by layer and module type; dot: in the top {format_percent(top_percent)}% of its type"
     png = heatmap_png(heatmap_grid(summaries), title=_display_name(scores), subtitle=subtitle)
-    _atomic_write(png_path, png)
+    atomic_write_bytes(png_path, png)
     if html_path is not None:
-        _atomic_write(html_path, render_html(scores, summaries, top_percent, png).encode("utf-8"))
+        atomic_write_bytes(html_path, render_html(scores, summaries, top_percent, png).encode("utf-8"))
     return ReportFiles(png_path, html_path or "")
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename it into place (readers never see a part)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    except OSError as err:
-        raise CacheError(path, f"cannot write here ({err.strerror}); choose another location") from err
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except OSError as err:
-        raise CacheError(path, f"cannot write ({err.strerror})") from err
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
 
 
 def _display_name(scores: Scores) -> str:

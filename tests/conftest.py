@@ -93,13 +93,19 @@ def offline_env(cache_root: Path) -> dict[str, str]:
 
 def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run `python -m spectrum ARGS` for real, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "spectrum", *args], cwd=cwd, env=cli_env(env), capture_output=True, text=True, timeout=300
+    )
+
+
+def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a `python -m spectrum` process started by a test: this checkout, no colour, wide."""
     environment = dict(env or os.environ)
     environment.setdefault("NO_COLOR", "1")
     environment.setdefault("COLUMNS", "200")
+    environment.pop("SPECTRUM_DEBUG", None)
     environment["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + environment.get("PYTHONPATH", "")
-    return subprocess.run(
-        [sys.executable, "-m", "spectrum", *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=300
-    )
+    return environment
 
 
 def load_json(path: Path) -> dict:

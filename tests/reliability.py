@@ -1,18 +1,19 @@
-"""Helpers for the reliability tests: a checkpoint slow enough to interrupt, real `spectrum` processes,
-and a look at a partial scan on disk."""
+"""Helpers for the reliability tests: a checkpoint slow enough to interrupt (and its fixtures), real
+`spectrum` processes, and a look at a partial scan on disk."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import REPO_ROOT
+from conftest import cli_env
+from spectrum.store import load_or_scan
 
 SLOW_MATRICES = 40
 
@@ -30,14 +31,17 @@ def save_slow_checkpoint(path: Path) -> Path:
     return path
 
 
-def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment `conftest.run_cli` gives a `python -m spectrum` process."""
-    environment = dict(env or os.environ)
-    environment.setdefault("NO_COLOR", "1")
-    environment.setdefault("COLUMNS", "200")
-    environment.pop("SPECTRUM_DEBUG", None)
-    environment["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + environment.get("PYTHONPATH", "")
-    return environment
+@pytest.fixture(scope="module")
+def slow_model(tmp_path_factory) -> Path:
+    return save_slow_checkpoint(tmp_path_factory.mktemp("slow") / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def reference_bytes(slow_model, tmp_path_factory) -> bytes:
+    """The scores file of an uninterrupted scan."""
+    cache = tmp_path_factory.mktemp("reference")
+    outcome = load_or_scan(str(slow_model), cache_dir=str(cache), name="slow", threads=1, device="cpu")
+    return Path(outcome.cache_file).read_bytes()
 
 
 def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, **popen) -> subprocess.Popen:

@@ -133,22 +133,37 @@ print(json.dumps({"code": code, "imported": heavy}), file=sys.stderr)
 
 
 def test_cached_run_imports_neither_torch_nor_transformers(tiny_llama_dir, tmp_path):
-    """The cached path (scores, name check, YAML, summary) is pure Python: it answers in about a second."""
+    """The cached path (scores, name check, YAML, summary) is pure Python: it answers in about a second.
+    The name check still runs there, from the cached view of the model."""
     import os
     import subprocess
     import sys
 
-    from conftest import REPO_ROOT
+    from conftest import cli_env
 
     work = tmp_path / "work"
     work.mkdir()
-    first = run_cli("--model", str(tiny_llama_dir), "--top-percent", "50", cwd=work)
+    environment = cli_env(dict(os.environ, SPECTRUM_CACHE=str(tmp_path / "views")))
+    first = run_cli("--model", str(tiny_llama_dir), "--top-percent", "50", cwd=work, env=environment)
     assert first.returncode == 0, first.stderr
-    environment = dict(os.environ, NO_COLOR="1", PYTHONPATH=str(REPO_ROOT))
+    (view_file,) = (tmp_path / "views" / "views").glob("*.json")
+
+    def probe(*args: str) -> tuple[dict, subprocess.CompletedProcess]:
+        run = subprocess.run([sys.executable, "-c", _IMPORTS_PROBE, "--model", str(tiny_llama_dir), *args],
+                             cwd=work, env=environment, capture_output=True, text=True, timeout=120)
+        return json.loads(run.stderr.strip().splitlines()[-1]), run
+
     for args in (["--top-percent", "34"], ["--top-percent", "34", "--output", "-"], ["--list-types"]):
-        probe = subprocess.run([sys.executable, "-c", _IMPORTS_PROBE, "--model", str(tiny_llama_dir), *args],
-                               cwd=work, env=environment, capture_output=True, text=True, timeout=120)
-        report = json.loads(probe.stderr.strip().splitlines()[-1])
-        assert report == {"code": 0, "imported": []}, probe.stderr
+        report, run = probe(*args)
+        assert report == {"code": 0, "imported": []}, run.stderr
         if "--output" in args:
-            assert probe.stdout.startswith("# spectrum ") and "- model.layers." in probe.stdout
+            assert run.stdout.startswith("# spectrum ") and "- model.layers." in run.stdout
+
+    # A view that lacks the model's down_proj parameters: the cached run checks against it and refuses.
+    view = json.loads(view_file.read_text())
+    view["view"]["parameters"] = {name: shape for name, shape in view["view"]["parameters"].items()
+                                  if "down_proj" not in name}
+    view_file.write_text(json.dumps(view))
+    report, run = probe("--top-percent", "34", "--output", "-")
+    assert report == {"code": 1, "imported": []}, run.stderr
+    assert "YAML entries match no parameter of LlamaForCausalLM" in run.stderr and run.stdout == ""

@@ -12,28 +12,14 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
-import pytest
 
 from conftest import load_json
-from reliability import listing, save_slow_checkpoint, score_lines, start_cli, wait_for_scores
+from reliability import listing, score_lines, start_cli, wait_for_scores
+from reliability import reference_bytes, slow_model  # noqa: F401 (fixtures)
 from spectrum.lock import EntryLock, lock_path
-from spectrum.store import load_or_scan
 
 SCAN = ("--name", "slow", "--device", "cpu", "--quiet")
-
-
-@pytest.fixture(scope="module")
-def slow_model(tmp_path_factory) -> Path:
-    return save_slow_checkpoint(tmp_path_factory.mktemp("slow") / "model.safetensors")
-
-
-@pytest.fixture(scope="module")
-def reference_bytes(slow_model, tmp_path_factory) -> bytes:
-    cache = tmp_path_factory.mktemp("reference")
-    outcome = load_or_scan(str(slow_model), cache_dir=str(cache), name="slow", threads=1, device="cpu")
-    return Path(outcome.cache_file).read_bytes()
 
 
 def waiting_line(first: subprocess.Popen) -> str:

@@ -22,7 +22,8 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from reliability import cli_env, listing
+from conftest import cli_env
+from reliability import listing
 from spectrum.cache import read_scores
 
 NAMES = {

@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import COMMIT, build_hf_cache, load_json, run_cli
-from reliability import SLOW_MATRICES, listing, save_slow_checkpoint, score_lines, start_cli, wait_for_scores
+from reliability import SLOW_MATRICES, listing, score_lines, start_cli, wait_for_scores
+from reliability import reference_bytes, slow_model  # noqa: F401 (fixtures)
 from spectrum.cache import scores_path
 from spectrum.journal import PartialScan, partial_path
 from spectrum.results import load_scores
@@ -28,19 +29,6 @@ from spectrum.snr import DEFAULT_THRESHOLD
 from spectrum.store import load_or_scan, stale_reason
 
 SCAN = ("--name", "slow", "--threads", "1", "--device", "cpu", "--quiet")
-
-
-@pytest.fixture(scope="module")
-def slow_model(tmp_path_factory) -> Path:
-    return save_slow_checkpoint(tmp_path_factory.mktemp("slow") / "model.safetensors")
-
-
-@pytest.fixture(scope="module")
-def reference_bytes(slow_model, tmp_path_factory) -> bytes:
-    """The scores file of an uninterrupted scan."""
-    cache = tmp_path_factory.mktemp("reference")
-    outcome = load_or_scan(str(slow_model), cache_dir=str(cache), name="slow", threads=1, device="cpu")
-    return Path(outcome.cache_file).read_bytes()
 
 
 def save_small(path: Path, layers: int = 3, seed: int = 0, rows: int = 16) -> Path:
@@ -59,12 +47,19 @@ def scan_small(model: Path, cache: Path, **options):
     return load_or_scan(str(model), cache_dir=str(cache), name="small", device="cpu", threads=1, **options)
 
 
+def start_slow_scan(slow_model: Path, cwd: Path):
+    """A CLI scan of the slow checkpoint, started and left running once 3 scores are saved:
+    (its model_snr_results folder, its partial file, the process)."""
+    results = cwd / "model_snr_results"
+    partial = results / "snr_results_slow.partial.jsonl"
+    process = start_cli("--model", str(slow_model), *SCAN, cwd=cwd)
+    wait_for_scores(partial, 3, process)
+    return results, partial, process
+
+
 class TestInterrupted:
     def test_kill_9_mid_scan_then_the_rerun_resumes(self, slow_model, reference_bytes, tmp_path):
-        results = tmp_path / "model_snr_results"
-        partial = results / "snr_results_slow.partial.jsonl"
-        process = start_cli("--model", str(slow_model), *SCAN, cwd=tmp_path)
-        wait_for_scores(partial, 3, process)
+        results, partial, process = start_slow_scan(slow_model, tmp_path)
         process.send_signal(signal.SIGKILL)
         process.communicate()
         assert process.returncode == -signal.SIGKILL
@@ -82,10 +77,7 @@ class TestInterrupted:
         assert listing(results) == ["snr_results_slow.json", "snr_results_slow.meta.json"]
 
     def test_ctrl_c_exits_130_saying_what_is_saved(self, slow_model, reference_bytes, tmp_path):
-        results = tmp_path / "model_snr_results"
-        partial = results / "snr_results_slow.partial.jsonl"
-        process = start_cli("--model", str(slow_model), *SCAN, cwd=tmp_path)
-        wait_for_scores(partial, 3, process)
+        results, partial, process = start_slow_scan(slow_model, tmp_path)
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate()
         assert process.returncode == 130, stderr

@@ -245,12 +245,7 @@ class LocalSafetensorsSource(ShardedSafetensors):
         index_path = os.path.join(path, INDEX_FILE)
         if os.path.isfile(index_path):
             shard_names = shards_from_index(index_path)
-            missing = [name for name in shard_names if not os.path.isfile(os.path.join(path, name))]
-            if missing:
-                raise SourceError(
-                    f"{index_path} names {len(missing)} shard(s) missing from the folder "
-                    f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); download them again"
-                )
+            require_shards(path, shard_names, index_path)
             return cls(path, shard_names)
         shard_names = sorted(name for name in os.listdir(path) if name.endswith(".safetensors"))
         if not shard_names:
@@ -268,6 +263,16 @@ class LocalSafetensorsSource(ShardedSafetensors):
     def describe(self) -> SourceDescription:
         shards = [local_shard(self._local_path(name), name) for name in self.shard_names]
         return SourceDescription(kind="local", location=os.path.abspath(self.root), shards=shards)
+
+
+def require_shards(folder: str, shard_names: list[str], index_path: str) -> None:
+    """Raise SourceError naming the shards `index_path` lists that are not files in `folder`."""
+    missing = [name for name in shard_names if not os.path.isfile(os.path.join(folder, name))]
+    if missing:
+        raise SourceError(
+            f"{index_path} names {len(missing)} shard(s) missing from the folder "
+            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); download them again"
+        )
 
 
 def shards_from_index(index_path: str) -> list[str]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from ..errors import CorruptCheckpointError, SourceError, UnsupportedFormatError
 from .base import SourceDescription, TensorInfo, TensorSource, local_shard
 from .quantized import FP8_SCALE_SUFFIX, dequantize_fp8, fp8_block_size, read_config, refuse_packed_tensors
-from .safetensors import DTYPE_SIZES, FP8_DTYPES, shards_from_index, torch_dtype
+from .safetensors import DTYPE_SIZES, FP8_DTYPES, require_shards, shards_from_index, torch_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -46,12 +46,7 @@ class TorchBinSource(TensorSource):
         if os.path.isfile(path):
             return cls(os.path.dirname(os.path.abspath(path)), [os.path.basename(path)])
         shard_names = bin_shards_in(path)
-        missing = [name for name in shard_names if not os.path.isfile(os.path.join(path, name))]
-        if missing:
-            raise SourceError(
-                f"{os.path.join(path, BIN_INDEX_FILE)} names {len(missing)} shard(s) missing from the folder "
-                f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); download them again"
-            )
+        require_shards(path, shard_names, os.path.join(path, BIN_INDEX_FILE))
         return cls(path, shard_names)
 
     def _load(self, shard: str) -> dict[str, torch.Tensor]:
