@@ -4,8 +4,9 @@ Two exact methods:
 - "gram": eigenvalues of the float64 Gram matrix of the smaller side, S = sqrt(max(lambda, 0)).
   The float32 weights are exact in float64, so the result agrees with a float64 SVD to
   about 1e-13 relative, and on CPU it is several times faster than an SVD.
-  On CPU the Gram matrix is NumPy's `syrk` (OpenBLAS builds one triangle: half the flops, and
-  about 2x faster here than torch's matmul, whose MKL takes a generic path on AMD CPUs), and its
+  On CPU the Gram matrix is summed over blocks of about 64 MB of float64, one NumPy `syrk` each
+  (OpenBLAS builds one triangle: half the flops, and about 2x faster here than torch's matmul,
+  whose MKL takes a generic path on AMD CPUs), in buffers each worker reuses; its
   eigenvalues come from NumPy's `eigvalsh` below 2048 rows and torch's (MKL) from 2048 up, the
   faster of the two on each side of that size (benchmarks/METHODS.md). On CUDA it is one batched
   matmul and `eigvalsh` in torch.
@@ -18,7 +19,13 @@ matrix squares the condition number and loses the small values entirely.
 
 from __future__ import annotations
 
+import threading
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from .errors import UsageError
 
@@ -89,20 +96,70 @@ def singular_values(stack: torch.Tensor, *, method: str = "gram", device: torch.
     return values.cpu()
 
 
-def _gram_values_cpu(matrix: torch.Tensor) -> torch.Tensor:
-    """Singular values of one (m, n) matrix by the float64 Gram route on CPU, descending, (min(m, n),).
+_GRAM_BLOCK_BYTES = 64 << 20  # CPU: float64 bytes of one block of the matrix, converted at a time
+_buffers = threading.local()  # per worker: (k, block) -> reused float64 buffers (no page faults per matrix)
 
-    `w.T @ w` and `w @ w.T` of one array are OpenBLAS `syrk` calls in NumPy. The caller limits
-    OpenBLAS to one thread per call (`cpu_threads_limited`): parallelism comes from the workers.
+
+def _worker_buffers(k: int, long: int) -> tuple[torch.Tensor, "np.ndarray", "np.ndarray", int]:
+    """This thread's (flat conversion buffer, Gram matrix, partial Gram, block length) for k x k Grams."""
+    import numpy as np
+
+    step = max(1, min(long, _GRAM_BLOCK_BYTES // (8 * k)))
+    cache = getattr(_buffers, "by_shape", None)
+    if cache is None:
+        cache = _buffers.by_shape = {}
+    key = (k, step)
+    if key not in cache:
+        cache.clear()  # one shape at a time: a worker holds at most one set of buffers
+        cache[key] = (torch.empty(k * step, dtype=torch.float64), np.empty((k, k)), np.empty((k, k)))
+    flat, gram, part = cache[key]
+    return flat, gram, part, step
+
+
+def gram_matrix_cpu(matrix: torch.Tensor) -> "np.ndarray":
+    """The float64 Gram matrix of the smaller side of one (m, n) matrix: W^T W when m >= n, else W W^T.
+
+    The matrix is converted to float64 a block at a time (rows of a tall matrix, columns of a wide
+    one; about 64 MB each) and the blocks' Grams, one OpenBLAS `syrk` each, are summed, so a
+    128256 x 4096 embedding needs 64 MB of float64 rather than 4.2 GB. The result is a buffer of
+    this thread, valid until its next call.
     """
     import numpy as np
 
-    w = matrix.to(torch.float64).numpy()  # (m, n), C order
-    gram = w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T  # (k, k), k = min(m, n)
+    rows, cols = matrix.shape
+    tall = rows >= cols
+    k, long = (cols, rows) if tall else (rows, cols)
+    flat, gram, part, step = _worker_buffers(k, long)
+    for start in range(0, long, step):
+        width = min(step, long - start)
+        if tall:
+            block = flat[: width * k].view(width, k)  # rows start:start+width, contiguous
+            block.copy_(matrix[start : start + width])
+            a = block.numpy()
+            np.matmul(a.T, a, out=gram if start == 0 else part)  # syrk
+        else:
+            block = flat[: k * width].view(k, width)  # columns start:start+width, contiguous
+            block.copy_(matrix[:, start : start + width])
+            a = block.numpy()
+            np.matmul(a, a.T, out=gram if start == 0 else part)  # syrk
+        if start:
+            gram += part
+    return gram
+
+
+def _gram_values_cpu(matrix: torch.Tensor) -> torch.Tensor:
+    """Singular values of one (m, n) matrix by the float64 Gram route on CPU, descending, (min(m, n),).
+
+    The caller limits OpenBLAS to one thread per call (`cpu_threads_limited`): parallelism comes
+    from the workers.
+    """
+    import numpy as np
+
+    gram = gram_matrix_cpu(matrix)  # (k, k), k = min(m, n)
     if gram.shape[0] < _NUMPY_EIGVALSH_BELOW:
-        eigenvalues = torch.from_numpy(np.linalg.eigvalsh(gram))  # ascending
+        eigenvalues = torch.from_numpy(np.linalg.eigvalsh(gram))  # ascending; gram is copied first
     else:
-        eigenvalues = torch.linalg.eigvalsh(torch.from_numpy(gram))
+        eigenvalues = torch.linalg.eigvalsh(torch.from_numpy(gram))  # copies too: the buffer stays intact
     return eigenvalues.flip(-1).clamp_min(0.0).sqrt()
 
 
