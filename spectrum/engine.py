@@ -97,22 +97,28 @@ def singular_values(stack: torch.Tensor, *, method: str = "gram", device: torch.
 
 
 _GRAM_BLOCK_BYTES = 64 << 20  # CPU: float64 bytes of one block of the matrix, converted at a time
-_buffers = threading.local()  # per worker: (k, block) -> reused float64 buffers (no page faults per matrix)
+_buffers = threading.local()  # a scan worker's float64 buffers, reused from one matrix to the next
 
 
-def _worker_buffers(k: int, long: int) -> tuple[torch.Tensor, "np.ndarray", "np.ndarray", int]:
-    """This thread's (flat conversion buffer, Gram matrix, partial Gram, block length) for k x k Grams."""
+def keep_gram_buffers() -> None:
+    """Let this thread keep its CPU Gram buffers between matrices (a scan's workers do: no fresh
+    pages per matrix). Other threads allocate them per call, so nothing outlives the call."""
+    _buffers.keep = True
+    _buffers.by_shape = {}
+
+
+def _gram_buffers(k: int, long: int) -> tuple[torch.Tensor, "np.ndarray", "np.ndarray", int]:
+    """(flat conversion buffer, Gram matrix, partial Gram, block length) for k x k Grams of a
+    matrix whose long side is `long`."""
     import numpy as np
 
     step = max(1, min(long, _GRAM_BLOCK_BYTES // (8 * k)))
-    cache = getattr(_buffers, "by_shape", None)
-    if cache is None:
-        cache = _buffers.by_shape = {}
     key = (k, step)
-    if key not in cache:
-        cache.clear()  # one shape at a time: a worker holds at most one set of buffers
-        cache[key] = (torch.empty(k * step, dtype=torch.float64), np.empty((k, k)), np.empty((k, k)))
-    flat, gram, part = cache[key]
+    kept = _buffers.by_shape if getattr(_buffers, "keep", False) else {}
+    if key not in kept:
+        kept.clear()  # one shape at a time: a worker holds at most one set
+        kept[key] = (torch.empty(k * step, dtype=torch.float64), np.empty((k, k)), np.empty((k, k)))
+    flat, gram, part = kept[key]
     return flat, gram, part, step
 
 
@@ -121,15 +127,15 @@ def gram_matrix_cpu(matrix: torch.Tensor) -> "np.ndarray":
 
     The matrix is converted to float64 a block at a time (rows of a tall matrix, columns of a wide
     one; about 64 MB each) and the blocks' Grams, one OpenBLAS `syrk` each, are summed, so a
-    128256 x 4096 embedding needs 64 MB of float64 rather than 4.2 GB. The result is a buffer of
-    this thread, valid until its next call.
+    128256 x 4096 embedding needs 64 MB of float64 rather than 4.2 GB. In a thread that keeps its
+    buffers (`keep_gram_buffers`) the result is one of them, valid until the thread's next call.
     """
     import numpy as np
 
     rows, cols = matrix.shape
     tall = rows >= cols
     k, long = (cols, rows) if tall else (rows, cols)
-    flat, gram, part, step = _worker_buffers(k, long)
+    flat, gram, part, step = _gram_buffers(k, long)
     for start in range(0, long, step):
         width = min(step, long - start)
         if tall:

@@ -122,13 +122,15 @@ def run_batches(
     *,
     workers: int,
     on_results: Callable[[list], None],
+    worker_setup: Callable[[], None] | None = None,
 ) -> None:
     """Feed `(group, item)` pairs through the batcher to `workers` threads running `compute`.
 
-    `on_results` is called in the calling thread with each batch's results, as batches finish.
+    `on_results` is called in the calling thread with each batch's results, as batches finish;
+    `worker_setup` once in each worker thread as it starts.
     At most `workers` batches are in flight, so memory stays bounded.
     """
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="spectrum-worker") as pool:
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="spectrum-worker", initializer=worker_setup) as pool:
         in_flight: set[Future] = set()
 
         def settle(block_until: int) -> None:

@@ -18,7 +18,7 @@ import torch
 from . import __version__
 from .distributed import World, gather, join, share
 from .errors import SpectrumError
-from .engine import cpu_threads_limited, resolve_device, resolve_method, singular_values
+from .engine import cpu_threads_limited, keep_gram_buffers, resolve_device, resolve_method, singular_values
 from .inventory import Inventory, Matrix, TypeFilter, default_type_filter, take_inventory  # noqa: F401 (re-exported)
 from .naming import module_name, module_type, natural_key
 from .scores import ModuleScore, Scores
@@ -170,7 +170,7 @@ def scan_source(
     try:
         with limits:
             run_batches(items, Batcher(batch_bytes=batch_bytes, pending_bytes=pending_bytes), compute,
-                        workers=workers, on_results=on_results)
+                        workers=workers, on_results=on_results, worker_setup=keep_gram_buffers)
     finally:
         torch.set_num_threads(previous_threads)
 

@@ -150,7 +150,9 @@ def _gguf_file(model: str) -> str | None:
     if os.path.isfile(expanded):
         return expanded if expanded.endswith(".gguf") else None
     if os.path.isdir(expanded):
-        found = [name for name in os.listdir(expanded) if name.endswith(".gguf")]
+        from .sources.local import gguf_files_in
+
+        found = gguf_files_in(expanded)
         return os.path.join(expanded, found[0]) if len(found) == 1 else None
     return None
 

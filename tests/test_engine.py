@@ -77,14 +77,32 @@ def test_gram_in_blocks_equals_one_product(monkeypatch, rows, cols):
 
 
 def test_gram_buffers_follow_the_shape():
-    """A worker's buffers are reused for one shape and replaced for the next: results stay right."""
-    from spectrum.engine import gram_matrix_cpu
+    """A scan worker reuses its buffers for one shape and replaces them for the next, with right
+    results; any other thread gets fresh arrays, so nothing outlives its call."""
+    import threading
+
+    from spectrum.engine import gram_matrix_cpu, keep_gram_buffers
 
     rng = np.random.default_rng(11)
-    for shape in [(40, 12), (40, 12), (12, 40), (7, 7), (40, 12)]:
-        matrix = rng.standard_normal(shape)
-        expected = matrix.T @ matrix if shape[0] >= shape[1] else matrix @ matrix.T
-        np.testing.assert_allclose(gram_matrix_cpu(torch.from_numpy(matrix)), expected, rtol=1e-13, atol=1e-13)
+    shapes = [(40, 12), (40, 12), (12, 40), (7, 7), (40, 12)]
+    matrices = [rng.standard_normal(shape) for shape in shapes]
+    results = []
+
+    def worker():
+        keep_gram_buffers()
+        for matrix in matrices:
+            gram = gram_matrix_cpu(torch.from_numpy(matrix))
+            results.append((id(gram), gram.copy()))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    for matrix, (_, gram) in zip(matrices, results):
+        expected = matrix.T @ matrix if matrix.shape[0] >= matrix.shape[1] else matrix @ matrix.T
+        np.testing.assert_allclose(gram, expected, rtol=1e-13, atol=1e-13)
+    assert results[0][0] == results[1][0]  # the same buffer for the same shape
+    first = gram_matrix_cpu(torch.from_numpy(matrices[0]))
+    assert gram_matrix_cpu(torch.from_numpy(matrices[0])) is not first  # this thread keeps nothing
 
 
 def test_zero_matrix():

@@ -11,6 +11,11 @@ from .safetensors import INDEX_FILE, LocalSafetensorsSource
 from .torch_bin import BIN_SUFFIXES, TorchBinSource, bin_shards_in
 
 
+def gguf_files_in(folder: str) -> list[str]:
+    """The `.gguf` file names in a folder, sorted (a folder is scanned as GGUF when it holds exactly one)."""
+    return sorted(name for name in os.listdir(folder) if name.endswith(".gguf"))
+
+
 def open_local(path: str) -> TensorSource:
     """Open a weights file or a model folder.
 
@@ -35,7 +40,7 @@ def open_local(path: str) -> TensorSource:
         return LocalSafetensorsSource.from_path(path)
     if bin_shards_in(path):
         return TorchBinSource.from_path(path)
-    ggufs = sorted(name for name in names if name.endswith(".gguf"))
+    ggufs = gguf_files_in(path)
     if len(ggufs) == 1:
         from .gguf import GGUFSource
 
