@@ -77,7 +77,9 @@ def main() -> None:
     for shape, count, seconds in rows:
         print(f"| {shape[0]}×{shape[1]} | {count} | {seconds:.3f} | {count * seconds:.1f} |")
     print(f"| **sum** | {sum(counts.values())} | | **{total:.1f}** |")
-    print(f"\nFloor with {args.threads} worker(s): {total / args.threads:.1f} s ({total / args.threads / 60:.1f} min).")
+    floor = total / args.threads
+    minutes = f" ({floor / 60:.1f} min)" if floor >= 60 else ""
+    print(f"\nFloor with {args.threads} worker(s): {floor:.1f} s{minutes}.")
 
 
 if __name__ == "__main__":
