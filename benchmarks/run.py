@@ -262,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds before a run is killed (default: 3600)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="markdown file to append to")
     parser.add_argument("--no-record", action="store_true", help="print the block, do not append it")
+    parser.add_argument("--spectrum-arg", action="append", default=[], metavar="ARG",
+                        help="one more argument for spectrum, e.g. --spectrum-arg=--no-check (repeatable)")
     parser.add_argument("--note", help="a line to add to the block (e.g. 'busy machine, smoke test')")
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -297,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     percent_text = f"{args.top_percent:g}"
     device_args = ["--device", "cuda"] if device == "cuda" else []
     spectrum_cmd = ["--model", str(folder), "--rescan", "--quiet", "--cache-dir", "{tmp}/cache",
-                    "--output", "{tmp}/x.yaml", "--threads", str(threads), "--top-percent", percent_text] + device_args
+                    "--output", "{tmp}/x.yaml", "--threads", str(threads), "--top-percent", percent_text] + device_args + args.spectrum_arg
     baseline_cmd = [str(folder), "--threads", str(threads), "--out", "{tmp}/baseline.json"] + device_args
     tools = [("spectrum", [sys.executable, str(HERE / "_spectrum_child.py")] + spectrum_cmd)]
     if run_baseline:
