@@ -19,18 +19,19 @@ matrix squares the condition number and loses the small values entirely.
 
 from __future__ import annotations
 
-import threading
-from typing import TYPE_CHECKING
-
+import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    import numpy as np
-
 from .errors import UsageError
-
-METHODS = ("auto", "gram", "svd")
-_NUMPY_EIGVALSH_BELOW = 2048  # CPU: NumPy's (OpenBLAS) eigvalsh is faster below this size, torch's (MKL) from it up
+from .host import (  # noqa: F401 (the CPU half, re-exported)
+    METHODS,
+    NUMPY_EIGVALSH_BELOW,
+    StoredArray,
+    cpu_threads_limited,
+    gram_matrix,
+    keep_gram_buffers,
+    resolve_method,
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -48,17 +49,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise UsageError(f"--device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
     return device
-
-
-def resolve_method(method: str, device: torch.device) -> str:
-    """The concrete method for `auto`.
-
-    The float64 Gram route was faster than the float64 SVD on every shape measured, on CPU
-    (benchmarks/README.md has the figures) and is exact, so `auto` is always "gram".
-    """
-    if method not in METHODS:
-        raise UsageError(f"--method {method!r} is not known; use one of {', '.join(METHODS)}")
-    return "gram" if method == "auto" else method
 
 
 def _tall(matrices: torch.Tensor) -> torch.Tensor:
@@ -96,61 +86,18 @@ def singular_values(stack: torch.Tensor, *, method: str = "gram", device: torch.
     return values.cpu()
 
 
-_GRAM_BLOCK_BYTES = 64 << 20  # CPU: float64 bytes of one block of the matrix, converted at a time
-_buffers = threading.local()  # a scan worker's float64 buffers, reused from one matrix to the next
+def _stored_array(matrix: torch.Tensor) -> StoredArray:
+    """A CPU tensor as NumPy, sharing its memory (bfloat16 as its bits)."""
+    if matrix.dtype == torch.bfloat16:
+        return StoredArray(matrix.view(torch.int16).numpy().view(np.uint16), "BF16")
+    if matrix.dtype not in (torch.float16, torch.float32, torch.float64):
+        matrix = matrix.to(torch.float32)  # exact for the narrower floats (dequantized weights are float32 already)
+    return StoredArray(matrix.numpy(), {torch.float16: "F16", torch.float32: "F32", torch.float64: "F64"}[matrix.dtype])
 
 
-def keep_gram_buffers() -> None:
-    """Let this thread keep its CPU Gram buffers between matrices (a scan's workers do: no fresh
-    pages per matrix). Other threads allocate them per call, so nothing outlives the call."""
-    _buffers.keep = True
-    _buffers.by_shape = {}
-
-
-def _gram_buffers(k: int, long: int) -> tuple[torch.Tensor, "np.ndarray", "np.ndarray", int]:
-    """(flat conversion buffer, Gram matrix, partial Gram, block length) for k x k Grams of a
-    matrix whose long side is `long`."""
-    import numpy as np
-
-    step = max(1, min(long, _GRAM_BLOCK_BYTES // (8 * k)))
-    key = (k, step)
-    kept = _buffers.by_shape if getattr(_buffers, "keep", False) else {}
-    if key not in kept:
-        kept.clear()  # one shape at a time: a worker holds at most one set
-        kept[key] = (torch.empty(k * step, dtype=torch.float64), np.empty((k, k)), np.empty((k, k)))
-    flat, gram, part = kept[key]
-    return flat, gram, part, step
-
-
-def gram_matrix_cpu(matrix: torch.Tensor) -> "np.ndarray":
-    """The float64 Gram matrix of the smaller side of one (m, n) matrix: W^T W when m >= n, else W W^T.
-
-    The matrix is converted to float64 a block at a time (rows of a tall matrix, columns of a wide
-    one; about 64 MB each) and the blocks' Grams, one OpenBLAS `syrk` each, are summed, so a
-    128256 x 4096 embedding needs 64 MB of float64 rather than 4.2 GB. In a thread that keeps its
-    buffers (`keep_gram_buffers`) the result is one of them, valid until the thread's next call.
-    """
-    import numpy as np
-
-    rows, cols = matrix.shape
-    tall = rows >= cols
-    k, long = (cols, rows) if tall else (rows, cols)
-    flat, gram, part, step = _gram_buffers(k, long)
-    for start in range(0, long, step):
-        width = min(step, long - start)
-        if tall:
-            block = flat[: width * k].view(width, k)  # rows start:start+width, contiguous
-            block.copy_(matrix[start : start + width])
-            a = block.numpy()
-            np.matmul(a.T, a, out=gram if start == 0 else part)  # syrk
-        else:
-            block = flat[: k * width].view(k, width)  # columns start:start+width, contiguous
-            block.copy_(matrix[:, start : start + width])
-            a = block.numpy()
-            np.matmul(a, a.T, out=gram if start == 0 else part)  # syrk
-        if start:
-            gram += part
-    return gram
+def gram_matrix_cpu(matrix: torch.Tensor) -> np.ndarray:
+    """`spectrum.host.gram_matrix` of a CPU tensor: the float64 Gram matrix of its smaller side, in blocks."""
+    return gram_matrix(_stored_array(matrix))
 
 
 def _gram_values_cpu(matrix: torch.Tensor) -> torch.Tensor:
@@ -159,18 +106,9 @@ def _gram_values_cpu(matrix: torch.Tensor) -> torch.Tensor:
     The caller limits OpenBLAS to one thread per call (`cpu_threads_limited`): parallelism comes
     from the workers.
     """
-    import numpy as np
-
     gram = gram_matrix_cpu(matrix)  # (k, k), k = min(m, n)
-    if gram.shape[0] < _NUMPY_EIGVALSH_BELOW:
+    if gram.shape[0] < NUMPY_EIGVALSH_BELOW:
         eigenvalues = torch.from_numpy(np.linalg.eigvalsh(gram))  # ascending; gram is copied first
     else:
         eigenvalues = torch.linalg.eigvalsh(torch.from_numpy(gram))  # copies too: the buffer stays intact
     return eigenvalues.flip(-1).clamp_min(0.0).sqrt()
-
-
-def cpu_threads_limited():
-    """A context in which NumPy's BLAS runs one thread per call (restored after), for single-threaded workers."""
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(limits=1, user_api="blas")

@@ -21,9 +21,14 @@ import queue
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Union
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+    from .host import StoredArray
+
+    Stored = Union[torch.Tensor, StoredArray]  # a torch tensor, or NumPy for the torch-free CPU route
 
 _DONE = object()
 
@@ -33,13 +38,13 @@ class Item:
     """One tensor read from a shard, with whatever the caller attached to it (`key`)."""
 
     key: object
-    tensor: torch.Tensor
+    tensor: "Stored"
 
 
 class Reader:
     """A thread that reads tensors shard by shard into a bounded queue."""
 
-    def __init__(self, produce: Callable[[], Iterator[tuple[object, torch.Tensor]]], depth: int) -> None:
+    def __init__(self, produce: Callable[[], Iterator[tuple[object, Stored]]], depth: int) -> None:
         self._produce = produce
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
@@ -58,7 +63,7 @@ class Reader:
     def _run(self) -> None:
         try:
             for key, tensor in self._produce():
-                self.bytes_read += tensor.numel() * tensor.element_size()
+                self.bytes_read += tensor.nbytes
                 if not self._put(Item(key, tensor)):
                     return
             self._put(_DONE)
@@ -94,7 +99,7 @@ class Batcher:
 
     def add(self, group: object, item: Item) -> list[list[Item]]:
         """Add an item; returns the batches that are now ready."""
-        nbytes = item.tensor.numel() * item.tensor.element_size()
+        nbytes = item.tensor.nbytes
         if self.batch_bytes <= 0:
             return [[item]]
         self._groups.setdefault(group, []).append(item)

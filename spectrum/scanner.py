@@ -11,14 +11,13 @@ import logging
 import math
 import os
 import time
-from typing import Callable, Mapping, Protocol
-
-import torch
+from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
 from . import __version__
 from .distributed import World, gather, join, share
 from .errors import SpectrumError
-from .engine import cpu_threads_limited, keep_gram_buffers, resolve_device, resolve_method, singular_values
+from .host import HOST_DTYPES, NUMPY_EIGVALSH_BELOW, cpu_threads_limited, keep_gram_buffers, resolve_method
+from .host import singular_values as host_singular_values
 from .inventory import Inventory, Matrix, TypeFilter, default_type_filter, take_inventory  # noqa: F401 (re-exported)
 from .naming import module_name, module_type, natural_key
 from .scores import ModuleScore, Scores
@@ -27,6 +26,9 @@ from .snr import DEFAULT_THRESHOLD, scores_from_singular_values
 from .sources import TensorSource, open_source
 from .sources.base import ShardInfo, SourceDescription, sample_digest
 from .sources.safetensors import DTYPE_SIZES
+
+if TYPE_CHECKING:
+    import torch
 
 LOG = logging.getLogger("spectrum")
 
@@ -50,10 +52,39 @@ def cpu_count() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def _budgets(device: torch.device, threads: int) -> tuple[int, int, int]:
+def cuda_ruled_out() -> bool:
+    """True when `--device auto` cannot find CUDA, known without importing torch: no torch, a
+    CPU-only build of it (version `+cpu`), or macOS. Otherwise torch has to be asked."""
+    import sys
+    from importlib import metadata
+
+    if sys.platform == "darwin":
+        return True
+    try:
+        return "+cpu" in metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return True
+
+
+def _host_route(source: TensorSource, matrices: list[Matrix], device: str, method: str) -> bool:
+    """Whether these matrices are scored without torch (`spectrum.host`): on CPU, by the Gram route,
+    from a source that reads NumPy arrays, in the dtypes NumPy reads, all under the size where
+    torch's eigvalsh becomes the faster one."""
+    on_cpu = device == "cpu" or (device == "auto" and cuda_ruled_out())
+    return (
+        on_cpu
+        and resolve_method(method) == "gram"
+        and source.reads_arrays
+        and all(m.info.dtype in HOST_DTYPES and min(m.shape) < NUMPY_EIGVALSH_BELOW for m in matrices)
+    )
+
+
+def _budgets(device: "torch.device", threads: int) -> tuple[int, int, int]:
     """(batch bytes, pending bytes, workers) for a device; batch bytes 0 means one matrix a batch."""
     if device.type != "cuda":
         return 0, 0, threads
+    import torch
+
     free, _ = torch.cuda.mem_get_info(device)
     # A batch of B stored bytes needs about 10 B on the device at its peak (the stored copy,
     # its float64 conversion and the Gram matrices with eigvalsh's workspace): use half the free memory.
@@ -61,7 +92,6 @@ def _budgets(device: torch.device, threads: int) -> tuple[int, int, int]:
     return batch_bytes, min(2 * batch_bytes, 4 << 30), 1
 
 
-@torch.no_grad()
 def scan_source(
     source: TensorSource,
     *,
@@ -97,13 +127,19 @@ def scan_source(
     for info in inventory.unsupported:
         if wanted(module_type(module_name(info.name) or info.name)):
             LOG.warning("%s is stored as %s, which needs its scale tensors to dequantize; left out", info.name, info.dtype)
-    compute_device = resolve_device(device)
-    concrete_method = resolve_method(method, compute_device)
     mine = share(chosen) if share else chosen
+    host = _host_route(source, mine, device, method)
+    if host:
+        compute_device = "cpu"
+    else:
+        from .engine import resolve_device
+
+        compute_device = resolve_device(device)
+    concrete_method = resolve_method(method, compute_device)
     known = journal.begin(source.describe(), concrete_method) if journal else {}
     resumed = {m.module: ModuleScore(known[m.module].snr, m.type) for m in mine if m.module in known}
     workers = threads or cpu_count()
-    default_batch, pending_bytes, workers = _budgets(compute_device, workers)
+    default_batch, pending_bytes, workers = (0, 0, workers) if host else _budgets(compute_device, workers)
     if batch_bytes is None:
         batch_bytes = default_batch
     else:
@@ -122,13 +158,30 @@ def scan_source(
             if position + 1 < len(shards):
                 source.prefetch(shards[position + 1])  # downloads while this one is scanned
             wanted_here = by_shard[shard]
-            for info, tensor in source.read(shard, [group[0].info for group in wanted_here.values()]):
+            read = source.read_arrays if host else source.read
+            for info, tensor in read(shard, [group[0].info for group in wanted_here.values()]):
                 for matrix in wanted_here[info.name]:
                     yield matrix, (tensor if matrix.expert is None else tensor[matrix.expert])
             source.release(shard)
 
+    def compute_host(batch: list[Item]) -> list[tuple[Matrix, float | None]]:
+        """Scores of one batch of NumPy arrays, one matrix at a time; None for a matrix with NaN or infinite entries."""
+        scored = []
+        for item in batch:
+            values = host_singular_values(item.tensor)
+            rows, cols = item.key.shape
+            score = None if values is None else float(
+                scores_from_singular_values(values[None, :], rows, cols, threshold=threshold)[0]
+            )
+            scored.append((item.key, score))
+        return scored
+
     def compute(batch: list[Item]) -> list[tuple[Matrix, float | None]]:
-        """Scores of one batch; None for a matrix with NaN or infinite entries."""
+        """Scores of one batch of torch tensors; None for a matrix with NaN or infinite entries."""
+        import torch
+
+        from .engine import singular_values
+
         stack = batch[0].tensor.unsqueeze(0) if len(batch) == 1 else torch.stack([item.tensor for item in batch])
         stack = stack.to(compute_device)  # (N, m, n) as stored
         finite = torch.isfinite(stack).flatten(1).all(dim=1)  # (N,)
@@ -162,17 +215,26 @@ def scan_source(
     items = ((item.key.shape, item) for item in reader)
     if on_progress:
         on_progress(done, len(mine), 0)
-    previous_threads = torch.get_num_threads()
     limits = contextlib.nullcontext()
-    if compute_device.type == "cpu":
+    torch_threads = None  # torch's thread count to restore
+    if host:
+        limits = cpu_threads_limited()  # one single-threaded OpenBLAS worker per core
+    elif compute_device.type == "cpu":
+        import torch
+
+        torch_threads = torch.get_num_threads()
         torch.set_num_threads(1)  # one single-threaded worker per core
         limits = cpu_threads_limited()  # NumPy's OpenBLAS too
     try:
         with limits:
-            run_batches(items, Batcher(batch_bytes=batch_bytes, pending_bytes=pending_bytes), compute,
-                        workers=workers, on_results=on_results, worker_setup=keep_gram_buffers)
+            run_batches(items, Batcher(batch_bytes=batch_bytes, pending_bytes=pending_bytes),
+                        compute_host if host else compute, workers=workers, on_results=on_results,
+                        worker_setup=keep_gram_buffers)
     finally:
-        torch.set_num_threads(previous_threads)
+        if torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(torch_threads)
 
     ordered = dict(sorted(results.items(), key=lambda item: (item[1].type, natural_key(item[0]))))
     description = source.describe()

@@ -9,7 +9,7 @@ implementation (Hartford et al., arXiv 2406.06623):
     noise     = sum(S[S <= threshold])   (1.0 when that set is empty, or sums to 0)
     score     = signal / noise / S[0]    (0.0 for an all-zero matrix)
 
-Quantiles use linear interpolation (numpy's and torch's default).
+Quantiles use linear interpolation (numpy's default, as the reference).
 
 `threshold="gavish-donoho"` (opt-in, a departure from the reference) replaces the threshold with
 the optimal hard threshold for an unknown noise level of Gavish & Donoho ("The Optimal Hard
@@ -25,32 +25,30 @@ from __future__ import annotations
 
 import math
 
-import torch
+import numpy as np
 
 from .thresholds import DEFAULT_THRESHOLD, THRESHOLDS, gavish_donoho_omega
 
 IQR_TO_SIGMA = 1.349  # interquartile range of a standard normal distribution
 
 
-def mp_threshold(sigma: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+def mp_threshold(sigma, rows: int, cols: int):
     """Marchenko-Pastur threshold for singular values of an (rows, cols) noise matrix of scale sigma."""
     beta = min(rows, cols) / max(rows, cols)
     return sigma * (1.0 + math.sqrt(beta))
 
 
-def gd_threshold(median: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+def gd_threshold(median, rows: int, cols: int):
     """Gavish-Donoho threshold omega(beta) * median(S) for singular values of an (rows, cols) matrix."""
     return median * gavish_donoho_omega(min(rows, cols) / max(rows, cols))
 
 
-@torch.no_grad()
-def scores_from_singular_values(
-    singular_values: torch.Tensor, rows: int, cols: int, *, threshold: str = DEFAULT_THRESHOLD
-) -> torch.Tensor:
+def scores_from_singular_values(singular_values, rows: int, cols: int, *, threshold: str = DEFAULT_THRESHOLD) -> np.ndarray:
     """Scores of a batch of (rows, cols) matrices from their singular values.
 
     Args:
-        singular_values: (N, k) with k = min(rows, cols), each row sorted descending.
+        singular_values: (N, k) with k = min(rows, cols), each row sorted descending: a NumPy
+            array or a CPU torch tensor.
         rows, cols: the matrices' shape (only the aspect ratio matters).
         threshold: "marchenko-pastur" (the reference's rule) or "gavish-donoho".
 
@@ -59,28 +57,26 @@ def scores_from_singular_values(
     """
     if threshold not in THRESHOLDS:
         raise ValueError(f"threshold must be one of {', '.join(THRESHOLDS)}, not {threshold!r}")
-    S = singular_values.to(torch.float64)  # (N, k)
+    S = np.asarray(singular_values, dtype=np.float64)  # (N, k)
     largest = S[:, 0]  # (N,)
     if threshold == "gavish-donoho":
-        median = torch.quantile(S, 0.5, dim=1)  # (N,) interpolated, as numpy's median (torch.median is the lower)
-        cut = gd_threshold(median, rows, cols).unsqueeze(1)  # (N, 1)
+        median = np.quantile(S, 0.5, axis=1)  # (N,) interpolated (linear), as the reference's numpy median
+        cut = gd_threshold(median, rows, cols)[:, None]  # (N, 1)
     else:
-        quartiles = torch.quantile(S, torch.tensor([0.25, 0.75], dtype=S.dtype, device=S.device), dim=1)  # (2, N)
-        sigma = (quartiles[1] - quartiles[0]) / IQR_TO_SIGMA  # (N,)
-        cut = mp_threshold(sigma, rows, cols).unsqueeze(1)  # (N, 1)
+        q25, q75 = np.quantile(S, [0.25, 0.75], axis=1)  # (N,) each, linear interpolation
+        sigma = (q75 - q25) / IQR_TO_SIGMA  # (N,)
+        cut = mp_threshold(sigma, rows, cols)[:, None]  # (N, 1)
     is_signal = S > cut  # (N, k)
-    zero = torch.zeros((), dtype=S.dtype, device=S.device)
-    signal = torch.where(is_signal, S, zero).sum(dim=1)
-    noise = torch.where(is_signal, zero, S).sum(dim=1)
+    signal = np.where(is_signal, S, 0.0).sum(axis=1)
+    noise = np.where(is_signal, 0.0, S).sum(axis=1)
     # The reference uses 1.0 when no value is noise; a zero noise sum (exactly rank-deficient
     # matrix) would make the score infinite, so it gets the same rule.
-    noise = torch.where(noise > 0, noise, torch.ones_like(noise))
-    safe_largest = torch.where(largest > 0, largest, torch.ones_like(largest))
-    return torch.where(largest > 0, signal / noise / safe_largest, zero)
+    noise = np.where(noise > 0, noise, 1.0)
+    safe_largest = np.where(largest > 0, largest, 1.0)
+    return np.where(largest > 0, signal / noise / safe_largest, 0.0)
 
 
-def score_from_singular_values(
-    singular_values: torch.Tensor, rows: int, cols: int, *, threshold: str = DEFAULT_THRESHOLD
-) -> float:
+def score_from_singular_values(singular_values, rows: int, cols: int, *, threshold: str = DEFAULT_THRESHOLD) -> float:
     """Score of one matrix from its (k,) descending singular values."""
-    return float(scores_from_singular_values(singular_values.unsqueeze(0), rows, cols, threshold=threshold)[0])
+    values = np.asarray(singular_values, dtype=np.float64)[None, :]
+    return float(scores_from_singular_values(values, rows, cols, threshold=threshold)[0])

@@ -3,6 +3,8 @@
 import json
 import shutil
 
+import pytest
+
 from conftest import load_json, run_cli
 from spectrum import __version__
 
@@ -130,6 +132,33 @@ code = main(sys.argv[1:])
 heavy = sorted(name for name in ("torch", "transformers", "numpy") if name in sys.modules)
 print(json.dumps({"code": code, "imported": heavy}), file=sys.stderr)
 """
+
+
+def test_a_cpu_scan_of_safetensors_imports_no_torch(tiny_llama_dir, tmp_path, monkeypatch):
+    """A first scan (no cached scores) of bf16 safetensors on CPU without the name check reads and
+    scores in NumPy alone: neither torch nor transformers is imported, and the scores are the
+    torch route's."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    environment = cli_env(dict(os.environ, SPECTRUM_CACHE=str(tmp_path / "views")))
+    run = subprocess.run([sys.executable, "-c", _IMPORTS_PROBE, "--model", str(tiny_llama_dir), "--device", "cpu",
+                          "--no-check", "--top-percent", "50", "--cache-dir", "scores"],
+                         cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
+    assert json.loads(run.stderr.strip().splitlines()[-1]) == {"code": 0, "imported": ["numpy"]}, run.stderr
+    from spectrum.scanner import scan
+
+    (scores_file,) = (tmp_path / "scores").glob("snr_results_*[!a].json")
+    written = json.loads(scores_file.read_text())
+    from spectrum.sources.safetensors import ShardedSafetensors
+
+    monkeypatch.setattr(ShardedSafetensors, "reads_arrays", False)  # the real torch route
+    torch_route = scan(str(tiny_llama_dir), device="cpu")
+    assert {module: entry["snr"] for module, entry in written.items()} == pytest.approx(
+        {module: score.snr for module, score in torch_route.entries.items()}, rel=1e-12)
 
 
 def test_cached_run_imports_neither_torch_nor_transformers(tiny_llama_dir, tmp_path):

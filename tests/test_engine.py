@@ -55,56 +55,6 @@ def test_bfloat16_is_upcast_exactly(minilm_dir):
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12 * expected[0])
 
 
-@pytest.mark.parametrize("rows,cols", [(203, 17), (17, 203), (64, 64)])
-def test_gram_in_blocks_equals_one_product(monkeypatch, rows, cols):
-    """Blocks of a few rows (columns of a wide matrix), the last one short, sum to the whole Gram
-    matrix; the outlier-dominated spectrum survives the sum."""
-    import spectrum.engine as engine
-
-    monkeypatch.setattr(engine, "_GRAM_BLOCK_BYTES", 8 * min(rows, cols) * 5)  # 5 rows a block
-    for name, matrix in constructed(rows, cols, seed=rows * cols).items():
-        stored = torch.from_numpy(matrix).to(torch.bfloat16)
-        exact = stored.to(torch.float64).numpy()
-        expected_gram = exact.T @ exact if rows >= cols else exact @ exact.T
-        np.testing.assert_allclose(engine.gram_matrix_cpu(stored), expected_gram, rtol=0,
-                                   atol=1e-14 * np.abs(expected_gram).max(), err_msg=name)
-        expected = np.linalg.svd(exact, compute_uv=False)
-        got = singular_values(stored.unsqueeze(0), method="gram")[0].numpy()
-        # bf16 rounding leaves values near 0, where sqrt(lambda) is good to ~sqrt(eps64) * S[0]
-        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-7 * expected[0], err_msg=name)
-        score = float(scores_from_singular_values(torch.from_numpy(got).unsqueeze(0), rows, cols)[0])
-        assert score == pytest.approx(reference_score(exact), rel=1e-6), name
-
-
-def test_gram_buffers_follow_the_shape():
-    """A scan worker reuses its buffers for one shape and replaces them for the next, with right
-    results; any other thread gets fresh arrays, so nothing outlives its call."""
-    import threading
-
-    from spectrum.engine import gram_matrix_cpu, keep_gram_buffers
-
-    rng = np.random.default_rng(11)
-    shapes = [(40, 12), (40, 12), (12, 40), (7, 7), (40, 12)]
-    matrices = [rng.standard_normal(shape) for shape in shapes]
-    results = []
-
-    def worker():
-        keep_gram_buffers()
-        for matrix in matrices:
-            gram = gram_matrix_cpu(torch.from_numpy(matrix))
-            results.append((id(gram), gram.copy()))
-
-    thread = threading.Thread(target=worker)
-    thread.start()
-    thread.join()
-    for matrix, (_, gram) in zip(matrices, results):
-        expected = matrix.T @ matrix if matrix.shape[0] >= matrix.shape[1] else matrix @ matrix.T
-        np.testing.assert_allclose(gram, expected, rtol=1e-13, atol=1e-13)
-    assert results[0][0] == results[1][0]  # the same buffer for the same shape
-    first = gram_matrix_cpu(torch.from_numpy(matrices[0]))
-    assert gram_matrix_cpu(torch.from_numpy(matrices[0])) is not first  # this thread keeps nothing
-
-
 def test_zero_matrix():
     values = singular_values(torch.zeros(1, 5, 8), method="gram")
     assert torch.equal(values, torch.zeros(1, 5, dtype=torch.float64))

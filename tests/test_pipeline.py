@@ -93,7 +93,7 @@ def test_file_shrinking_mid_scan_is_reported(tmp_path):
 @pytest.mark.parametrize("rows,cols", [(600, 520), (520, 600), (300, 1100)])
 @pytest.mark.parametrize("numpy_below", [0, 10**9])  # torch's eigvalsh for every size, or NumPy's
 def test_cpu_gram_route_matches_float64_svd_on_both_sides_of_the_size_rule(rows, cols, numpy_below, monkeypatch):
-    monkeypatch.setattr(engine, "_NUMPY_EIGVALSH_BELOW", numpy_below)
+    monkeypatch.setattr(engine, "NUMPY_EIGVALSH_BELOW", numpy_below)
     rng = np.random.default_rng(rows * cols)
     stack = torch.from_numpy(rng.standard_normal((2, rows, cols))).to(torch.bfloat16)
     with engine.cpu_threads_limited():
@@ -103,8 +103,11 @@ def test_cpu_gram_route_matches_float64_svd_on_both_sides_of_the_size_rule(rows,
     np.testing.assert_allclose(values.numpy(), expected, rtol=1e-9, atol=1e-9 * expected.max())
 
 
-def test_batched_path_matches_one_by_one(tiny_llama_dir):
-    """The same-shape batches used on CUDA, run on CPU: identical scores."""
+def test_batched_path_matches_one_by_one(tiny_llama_dir, monkeypatch):
+    """The same-shape batches used on CUDA, run on CPU (torch tensors): identical scores."""
+    from spectrum.sources.safetensors import ShardedSafetensors
+
+    monkeypatch.setattr(ShardedSafetensors, "reads_arrays", False)  # torch's batches, not NumPy's route
     single, _ = scan_source(open_source(str(tiny_llama_dir)), device="cpu", threads=1)
     batched, meta = scan_source(open_source(str(tiny_llama_dir)), device="cpu", threads=1, batch_bytes=1 << 20)
     assert batched == single and list(batched) == list(single)
@@ -115,21 +118,22 @@ def test_moe_experts_of_every_type_batch_together(tmp_path, monkeypatch):
     the gate and up matrices of every expert and layer go to the device in one batch."""
     from transformers import MixtralConfig, MixtralForCausalLM
 
-    from spectrum import scanner
+    from spectrum.sources.safetensors import ShardedSafetensors
 
     torch.manual_seed(0)
     MixtralForCausalLM(MixtralConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                      num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
                                      num_experts_per_tok=2)).save_pretrained(tmp_path / "mixtral", max_shard_size="30KB")
+    monkeypatch.setattr(ShardedSafetensors, "reads_arrays", False)  # torch tensors, batched as on CUDA
     single, _ = scan_source(open_source(str(tmp_path / "mixtral")), device="cpu", threads=1)
     sizes: list[tuple[tuple[int, int], int]] = []
-    original = scanner.singular_values
+    original = engine.singular_values
 
     def recording(stack, **options):
         sizes.append((tuple(stack.shape[1:]), stack.shape[0]))
         return original(stack, **options)
 
-    monkeypatch.setattr(scanner, "singular_values", recording)
+    monkeypatch.setattr(engine, "singular_values", recording)
     batched, _ = scan_source(open_source(str(tmp_path / "mixtral")), device="cpu", threads=1, batch_bytes=1 << 30)
     assert batched == single and list(batched) == list(single)
     assert ((48, 32), 2 * 4 * 2) in sizes  # w1 and w3 of 4 experts in 2 layers: 8 types, one batch

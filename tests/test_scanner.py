@@ -72,6 +72,44 @@ def test_sharded_bf16_checkpoint(tiny_llama_dir, method):
     assert scores.meta["embeddings"] == {"input": "model.embed_tokens.weight", "output": "lm_head.weight"}
 
 
+def test_the_two_cpu_routes_give_the_same_scores(tiny_llama_dir, minilm_dir, monkeypatch):
+    """Safetensors on CPU go through NumPy without torch (`spectrum.host`); the same checkpoint read
+    as torch tensors (the route of GGUF, .bin and FP8) scores the same."""
+    from spectrum.sources.safetensors import ShardedSafetensors
+
+    for model in (tiny_llama_dir, minilm_dir):
+        numpy_route = scan(str(model), device="cpu", threads=2)
+        monkeypatch.setattr(ShardedSafetensors, "reads_arrays", False)  # the real torch route
+        torch_route = scan(str(model), device="cpu", threads=2)
+        monkeypatch.undo()
+        assert list(numpy_route.entries) == list(torch_route.entries)
+        for module, score in numpy_route.entries.items():
+            assert score.snr == pytest.approx(torch_route.entries[module].snr, rel=1e-12), module
+
+
+def test_which_scans_go_without_torch(tiny_llama_dir, tmp_path):
+    """NumPy's route needs the CPU, the Gram method, a source of NumPy arrays, dtypes NumPy reads and
+    every matrix under 2048 on its short side (torch's eigvalsh is faster from there)."""
+    from spectrum.inventory import Matrix
+    from spectrum.scanner import _host_route
+    from spectrum.sources.base import TensorInfo
+
+    source = open_source(str(tiny_llama_dir))
+    matrices = take_inventory(source.tensors()).matrices
+    assert _host_route(source, matrices, "cpu", "auto") and _host_route(source, matrices, "cpu", "gram")
+    assert not _host_route(source, matrices, "cpu", "svd")
+    assert not _host_route(source, matrices, "cuda", "auto")
+    wide = Matrix(TensorInfo("model.layers.0.mlp.down_proj.weight", "BF16", (2048, 8192), "x"), "model.layers.0.mlp.down_proj",
+                  "mlp.down_proj", True)
+    assert not _host_route(source, matrices + [wide], "cpu", "auto")
+    fp8 = Matrix(TensorInfo("model.layers.0.mlp.up_proj.weight", "F8_E4M3", (64, 64), "x"), "model.layers.0.mlp.up_proj",
+                 "mlp.up_proj", True)
+    assert not _host_route(source, [fp8], "cpu", "auto")
+    torch.save({"model.layers.0.mlp.up_proj.weight": torch.randn(16, 8)}, tmp_path / "pytorch_model.bin")
+    legacy = open_source(str(tmp_path))  # .bin weights come as torch tensors
+    assert not _host_route(legacy, take_inventory(legacy.tensors()).matrices, "cpu", "auto")
+
+
 def test_tied_embeddings_have_no_head(tiny_llama_tied_dir):
     scores = scan(str(tiny_llama_tied_dir), device="cpu")
     assert scores.meta["embeddings"] == {"input": "model.embed_tokens.weight", "output": None}

@@ -95,6 +95,13 @@ class TensorSource(abc.ABC):
         """Yield `(info, tensor)` for the given tensors of one shard, as stored (no dtype change), except
         quantized weights (GGUF, FP8 with scales), which come dequantized to float32."""
 
+    reads_arrays = False  # True: `read_arrays` serves the weights as NumPy arrays, without torch
+
+    def read_arrays(self, shard: str, infos: list[TensorInfo]):
+        """As `read`, as `spectrum.host.StoredArray`s, for the dtypes in `spectrum.host.HOST_DTYPES`
+        (only where `reads_arrays`)."""
+        raise NotImplementedError(f"{type(self).__name__} reads torch tensors only")
+
     @abc.abstractmethod
     def describe(self) -> SourceDescription:
         """Where the weights came from: kind, location, revision and shard sizes."""

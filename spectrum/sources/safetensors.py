@@ -21,6 +21,8 @@ from .quantized import FP8_SCALE_SUFFIX, dequantize_fp8, fp8_block_size, read_co
 if TYPE_CHECKING:
     import torch
 
+    from ..host import StoredArray
+
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 _MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own limit
@@ -84,14 +86,24 @@ class SafetensorsFile:
 
     def read(self, info: TensorInfo) -> torch.Tensor:
         """The tensor's bytes as a tensor of its stored dtype and shape."""
-        entry = self.entries[info.name]
         import torch
 
         stored = torch_dtype(info.dtype)
         if stored is None:
             raise CorruptCheckpointError(self.path, f"tensor {info.name} has dtype {info.dtype}, which cannot be read")
-        if entry.nbytes == 0:
+        if self.entries[info.name].nbytes == 0:
             return torch.empty(info.shape, dtype=stored)
+        return torch.frombuffer(self._bytes(info), dtype=stored).reshape(info.shape)
+
+    def read_array(self, info: TensorInfo) -> "StoredArray":
+        """The tensor's bytes as NumPy, without torch; for the dtypes in `spectrum.host.HOST_DTYPES`."""
+        from ..host import StoredArray
+
+        return StoredArray.from_bytes(self._bytes(info), info.dtype, info.shape)
+
+    def _bytes(self, info: TensorInfo) -> bytearray:
+        """The tensor's bytes, read whole."""
+        entry = self.entries[info.name]
         buffer = bytearray(entry.nbytes)
         with open(self.path, "rb", buffering=0) as handle:
             handle.seek(entry.begin)
@@ -102,7 +114,7 @@ class SafetensorsFile:
                 if not count:
                     raise CorruptCheckpointError(self.path, f"file ended inside tensor {info.name} (truncated)")
                 filled += count
-        return torch.frombuffer(buffer, dtype=stored).reshape(info.shape)
+        return buffer
 
 
 def _parse_header(path: str, shard: str, size: int) -> dict[str, _Entry]:
@@ -174,6 +186,8 @@ def _check_spec(path: str, name: str, spec: object) -> tuple[str, tuple[int, ...
 class ShardedSafetensors(TensorSource):
     """A checkpoint made of one or more safetensors shards, each opened when it is read."""
 
+    reads_arrays = True
+
     def __init__(self, shard_names: list[str]) -> None:
         self.shard_names = shard_names
         self._files: dict[str, SafetensorsFile] = {}
@@ -216,6 +230,12 @@ class ShardedSafetensors(TensorSource):
                     self._fp8_block = fp8_block_size(self._config())
                 tensor = dequantize_fp8(tensor, scale, self._fp8_block, name=info.name, path=handle.path)
             yield info, tensor
+
+    def read_arrays(self, shard: str, infos: list[TensorInfo]):
+        """As `read`, as NumPy `StoredArray`s (no torch); every info's dtype must be in `HOST_DTYPES`."""
+        handle = self._file(shard)
+        for info in sorted(infos, key=lambda i: handle.entries[i.name].begin):
+            yield info, handle.read_array(info)
 
     def _fp8_scale(self, handle: SafetensorsFile, info: TensorInfo) -> torch.Tensor | None:
         """The `*.weight_scale_inv` of an FP8 weight, from its shard or another one; None without one."""

@@ -1,0 +1,146 @@
+"""The CPU Gram route in NumPy, on weights as stored: no torch.
+
+A CPU scan of safetensors weights in float64/32/16 or bfloat16 whose matrices are all under 2048
+on their short side (where NumPy's OpenBLAS `eigvalsh` is the faster one) never imports torch:
+the bytes are read into NumPy, converted to float64 a block at a time, and each block's Gram
+matrix is one OpenBLAS `syrk`. That saves torch's import (about 2 s and 200 MB here) on every
+such scan. `spectrum.engine` uses the same blocked Gram matrix for torch tensors on CPU.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import UsageError
+
+METHODS = ("auto", "gram", "svd")
+NUMPY_EIGVALSH_BELOW = 2048  # CPU: NumPy's (OpenBLAS) eigvalsh is faster below this size, torch's (MKL) from it up
+HOST_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})  # stored dtypes NumPy reads (bfloat16 as its bits)
+_NUMPY_TYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16}
+_GRAM_BLOCK_BYTES = 64 << 20  # float64 bytes of one block of the matrix, converted at a time
+_buffers = threading.local()  # a scan worker's buffers, reused from one matrix to the next
+
+
+def resolve_method(method: str, device: object = None) -> str:
+    """The concrete method for `auto`.
+
+    The float64 Gram route was faster than the float64 SVD on every shape measured, on CPU
+    (benchmarks/METHODS.md has the figures) and is exact, so `auto` is always "gram".
+    """
+    if method not in METHODS:
+        raise UsageError(f"--method {method!r} is not known; use one of {', '.join(METHODS)}")
+    return "gram" if method == "auto" else method
+
+
+@dataclass(frozen=True)
+class StoredArray:
+    """A weight's bytes as a NumPy array in its stored dtype; bfloat16 (which NumPy lacks) as its
+    uint16 bit patterns.
+
+    Args:
+        values: the array, of `_NUMPY_TYPES[dtype]`.
+        dtype: the safetensors dtype name (F64, F32, F16, BF16).
+    """
+
+    values: np.ndarray
+    dtype: str
+
+    @classmethod
+    def from_bytes(cls, buffer, dtype: str, shape: tuple[int, ...]) -> "StoredArray":
+        return cls(np.frombuffer(buffer, dtype=_NUMPY_TYPES[dtype]).reshape(shape), dtype)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.values.shape
+
+    @property
+    def nbytes(self) -> int:
+        return self.values.nbytes
+
+    def __getitem__(self, index) -> "StoredArray":
+        """One expert of a fused (experts, out, in) tensor, say."""
+        return StoredArray(self.values[index], self.dtype)
+
+    def to_float64(self, out: np.ndarray, bits: np.ndarray | None = None) -> None:
+        """Convert into `out` (same shape, float64) exactly; `bits`, a uint32 array of that shape,
+        holds bfloat16's widened bits (a scratch buffer)."""
+        with np.errstate(invalid="ignore"):  # NaN entries (signalling ones too) are found later, from the Gram diagonal
+            if self.dtype != "BF16":
+                out[...] = self.values
+                return
+            if bits is None:
+                bits = np.empty(self.values.shape, dtype=np.uint32)
+            np.left_shift(self.values, 16, out=bits, dtype=np.uint32)  # bfloat16 = the high half of a float32
+            out[...] = bits.view(np.float32)
+
+
+def keep_gram_buffers() -> None:
+    """Let this thread keep its Gram buffers between matrices (a scan's workers do: no fresh
+    pages per matrix). Other threads allocate them per call, so nothing outlives the call."""
+    _buffers.keep = True
+    _buffers.by_shape = {}
+
+
+def cpu_threads_limited():
+    """A context in which NumPy's BLAS runs one thread per call (restored after), for single-threaded workers."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _gram_buffers(k: int, long: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """(flat float64 block, flat uint32 scratch, Gram matrix, partial Gram, block length) for the
+    k x k Grams of matrices whose long side is `long`."""
+    step = max(1, min(long, _GRAM_BLOCK_BYTES // (8 * k)))
+    key = (k, step)
+    kept = _buffers.by_shape if getattr(_buffers, "keep", False) else {}
+    if key not in kept:
+        kept.clear()  # one shape at a time: a worker holds at most one set
+        kept[key] = (np.empty(k * step), np.empty(k * step, dtype=np.uint32), np.empty((k, k)), np.empty((k, k)))
+    flat, bits, gram, part = kept[key]
+    return flat, bits, gram, part, step
+
+
+def gram_matrix(matrix: StoredArray) -> np.ndarray:
+    """The float64 Gram matrix of the smaller side of one (m, n) matrix: W^T W when m >= n, else W W^T.
+
+    The matrix is converted to float64 a block at a time (rows of a tall matrix, columns of a wide
+    one; about 64 MB each) and the blocks' Grams, one OpenBLAS `syrk` each, are summed, so a
+    128256 x 4096 embedding needs 64 MB of float64 rather than 4.2 GB. In a thread that keeps its
+    buffers (`keep_gram_buffers`) the result is one of them, valid until the thread's next call.
+    """
+    rows, cols = matrix.shape
+    tall = rows >= cols
+    k, long = (cols, rows) if tall else (rows, cols)
+    flat, bits, gram, part, step = _gram_buffers(k, long)
+    for start in range(0, long, step):
+        width = min(step, long - start)
+        shape = (width, k) if tall else (k, width)  # rows start:start+width, or those columns
+        block = flat[: width * k].reshape(shape)
+        piece = matrix[start : start + width] if tall else matrix[:, start : start + width]
+        piece.to_float64(block, bits[: width * k].reshape(shape))
+        left, right = (block.T, block) if tall else (block, block.T)
+        np.matmul(left, right, out=gram if start == 0 else part)  # one syrk: NumPy sees A^T A / A A^T
+        if start:
+            gram += part
+    return gram
+
+
+def singular_values(matrix: StoredArray) -> np.ndarray | None:
+    """All singular values of one matrix by the float64 Gram route, descending, (min(m, n),); None when
+    the matrix has NaN or infinite entries (its Gram diagonal, the squared norms of every row or
+    column, then is not finite).
+
+    Uses NumPy's `eigvalsh`: meant for k < NUMPY_EIGVALSH_BELOW, where it is the faster library
+    (`spectrum.engine` takes torch's from there up). The caller limits OpenBLAS to one thread.
+    """
+    if matrix.dtype == "F64" and not np.isfinite(matrix.values).all():
+        return None  # float64 squares could overflow: look at the entries themselves
+    gram = gram_matrix(matrix)
+    if not np.isfinite(np.diagonal(gram)).all():
+        return None
+    eigenvalues = np.linalg.eigvalsh(gram)  # ascending; gram is copied first
+    return np.sqrt(np.maximum(eigenvalues[::-1], 0.0))

@@ -1,0 +1,108 @@
+"""The torch-free CPU route: NumPy reads of stored weights, the blocked float64 Gram matrix, and
+the singular values, against float64 LAPACK and against the torch route."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from reference import reference_score
+from spectrum import host
+from spectrum.engine import singular_values
+from spectrum.host import StoredArray, gram_matrix, keep_gram_buffers
+from spectrum.snr import scores_from_singular_values
+from test_engine import constructed
+
+
+def stored(matrix: torch.Tensor) -> StoredArray:
+    """A torch tensor's bytes as the NumPy array a safetensors read gives."""
+    name = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.float64: "F64"}[matrix.dtype]
+    raw = matrix.contiguous().view(torch.uint8).numpy().tobytes()
+    return StoredArray.from_bytes(bytearray(raw), name, tuple(matrix.shape))
+
+
+def test_every_bfloat16_bit_pattern_converts_as_torch_does():
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    out = np.empty(bits.shape)
+    StoredArray(bits, "BF16").to_float64(out)
+    expected = torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16).to(torch.float64).numpy()
+    np.testing.assert_array_equal(out, expected)  # NaNs in the same places, every other value exact
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("rows,cols", [(96, 40), (40, 96), (50, 50)])
+def test_singular_values_agree_with_float64_svd(dtype, rows, cols):
+    for name, matrix in constructed(rows, cols, seed=rows + 2 * cols).items():
+        weight = torch.from_numpy(matrix).to(dtype)
+        exact = weight.to(torch.float64).numpy()
+        expected = np.linalg.svd(exact, compute_uv=False)
+        got = host.singular_values(stored(weight))
+        assert got.shape == expected.shape and np.all(np.diff(got) <= 0), name
+        # narrow dtypes leave values near 0, where sqrt(lambda) is good to ~sqrt(eps64) * S[0]
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-7 * expected[0], err_msg=name)
+        score = float(scores_from_singular_values(got[None, :], rows, cols)[0])
+        assert score == pytest.approx(reference_score(exact), rel=1e-6), name
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
+def test_same_values_as_the_torch_route(dtype):
+    weight = torch.from_numpy(constructed(120, 48, seed=5)["outlier-dominated"]).to(dtype)
+    np.testing.assert_allclose(host.singular_values(stored(weight)), singular_values(weight.unsqueeze(0))[0].numpy(),
+                               rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_entries_give_none(dtype, bad):
+    for shape in [(30, 8), (8, 30)]:
+        weight = torch.ones(shape, dtype=torch.float64)
+        weight[3, 5] = bad
+        assert host.singular_values(stored(weight.to(dtype))) is None
+
+
+@pytest.mark.parametrize("rows,cols", [(203, 17), (17, 203), (64, 64)])
+def test_gram_in_blocks_equals_one_product(monkeypatch, rows, cols):
+    """Blocks of five rows (columns of a wide matrix), the last one short, sum to the whole Gram
+    matrix; the outlier-dominated spectrum survives the sum."""
+    monkeypatch.setattr(host, "_GRAM_BLOCK_BYTES", 8 * min(rows, cols) * 5)
+    for name, matrix in constructed(rows, cols, seed=rows * cols).items():
+        weight = torch.from_numpy(matrix).to(torch.bfloat16)
+        exact = weight.to(torch.float64).numpy()
+        expected_gram = exact.T @ exact if rows >= cols else exact @ exact.T
+        np.testing.assert_allclose(gram_matrix(stored(weight)), expected_gram, rtol=0,
+                                   atol=1e-14 * np.abs(expected_gram).max(), err_msg=name)
+        got = host.singular_values(stored(weight))
+        score = float(scores_from_singular_values(got[None, :], rows, cols)[0])
+        assert score == pytest.approx(reference_score(exact), rel=1e-6), name
+
+
+def test_gram_buffers_follow_the_shape():
+    """A scan worker reuses its buffers for one shape and replaces them for the next, with right
+    results; any other thread gets fresh arrays, so nothing outlives its call."""
+    rng = np.random.default_rng(11)
+    matrices = [rng.standard_normal(shape) for shape in [(40, 12), (40, 12), (12, 40), (7, 7), (40, 12)]]
+    results = []
+
+    def worker():
+        keep_gram_buffers()
+        for matrix in matrices:
+            gram = gram_matrix(StoredArray(matrix, "F64"))
+            results.append((id(gram), gram.copy()))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    for matrix, (_, gram) in zip(matrices, results):
+        expected = matrix.T @ matrix if matrix.shape[0] >= matrix.shape[1] else matrix @ matrix.T
+        np.testing.assert_allclose(gram, expected, rtol=1e-13, atol=1e-13)
+    assert results[0][0] == results[1][0]  # the same buffer for the same shape
+    first = gram_matrix(StoredArray(matrices[0], "F64"))
+    assert gram_matrix(StoredArray(matrices[0], "F64")) is not first  # this thread keeps nothing
+
+
+def test_experts_index_the_stored_array():
+    fused = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    expert = StoredArray(fused, "F32")[1]
+    assert expert.shape == (3, 4) and expert.dtype == "F32" and expert.nbytes == 48
+    np.testing.assert_array_equal(expert.values, fused[1])
