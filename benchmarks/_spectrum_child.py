@@ -12,9 +12,8 @@ from spectrum.cli import main
 
 if __name__ == "__main__":
     code = main(sys.argv[1:])
-    import torch
-
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    torch = sys.modules.get("torch")  # a scan that never imported torch used no GPU either
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         peak = sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count()))
         print(f"BENCH_PEAK_CUDA_BYTES={peak}", file=sys.stderr)
     sys.exit(code)
