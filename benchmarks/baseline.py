@@ -28,6 +28,8 @@ import time
 
 import torch
 
+from _peak import report_peak_rss  # benchmarks/_peak.py
+
 IQR_TO_SIGMA = 1.349
 
 
@@ -106,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr)
     if device.type == "cuda":
         print(f"BENCH_PEAK_CUDA_BYTES={torch.cuda.max_memory_allocated(device)}", file=sys.stderr)
+    report_peak_rss()
     return 0
 
 

@@ -9,8 +9,8 @@ once so both tools start from a warm page cache, then alternates runs, spectrum 
     python3 benchmarks/baseline.py DIR --threads N --out <tmp>/baseline.json
 
 each as a child process (a fresh temporary folder per run). For each run it records the wall time
-(from start to exit, imports included) and the child's own peak RSS (ru_maxrss from os.wait4 on its
-pid), and with CUDA the peak device memory the child reports (torch.cuda.max_memory_allocated).
+(from start to exit, imports included) and the child's own peak RSS (the VmHWM it prints at exit,
+see _peak.py; os.wait4's ru_maxrss would include this parent's), and with CUDA the peak device memory the child reports (torch.cuda.max_memory_allocated).
 It reports the medians, the ratios, whether the two tools agree (same matrices, max relative score
 difference, same top-K% selection), checks the issue's targets, and appends a block to
 benchmarks/RESULTS.md. spectrum is run through benchmarks/_spectrum_child.py, which calls the same
@@ -41,6 +41,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import checkpoints  # noqa: E402  (benchmarks/checkpoints.py)
+from _peak import PEAK_RSS_PREFIX  # noqa: E402
 
 RESULTS = HERE / "RESULTS.md"
 PEAK_CUDA_PREFIX = "BENCH_PEAK_CUDA_BYTES="
@@ -67,7 +68,7 @@ comparable between blocks from the same machine; check the load average of each 
 
 
 def measure(cmd: list[str], *, cwd: Path, env: dict, timeout: float | None) -> dict:
-    """Run `cmd`; wall time, the child's peak RSS (os.wait4 rusage) and its CUDA peak line."""
+    """Run `cmd`; wall time, the child's peak RSS (its own VmHWM line, else os.wait4's rusage) and its CUDA peak line."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         process = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
@@ -86,12 +87,15 @@ def measure(cmd: list[str], *, cwd: Path, env: dict, timeout: float | None) -> d
         out.seek(0)
         stdout = out.read().decode("utf-8", "replace")
     peak_cuda = None
+    peak_rss = usage.ru_maxrss * 1024  # KiB on Linux; includes the parent's high-water mark (_peak.py)
     for line in stderr.splitlines():
         if line.startswith(PEAK_CUDA_PREFIX):
             peak_cuda = int(line[len(PEAK_CUDA_PREFIX):])
+        elif line.startswith(PEAK_RSS_PREFIX):
+            peak_rss = int(line[len(PEAK_RSS_PREFIX):])  # the child's own (VmHWM)
     return {
         "wall_s": wall,
-        "rss_bytes": usage.ru_maxrss * 1024,  # KiB on Linux
+        "rss_bytes": peak_rss,
         "peak_cuda_bytes": peak_cuda,
         "user_s": usage.ru_utime,
         "sys_s": usage.ru_stime,
