@@ -1,12 +1,14 @@
-"""Singular values of a stack of same-shape matrices, on one device.
+"""Singular values of a stack of same-shape torch tensors, on one device (CUDA, or CPU for sources
+that read torch tensors and for matrices of 2048 and more; the rest of CPU scans use
+`spectrum.host`, without torch).
 
 Two exact methods:
 - "gram": eigenvalues of the float64 Gram matrix of the smaller side, S = sqrt(max(lambda, 0)).
   The float32 weights are exact in float64, so the result agrees with a float64 SVD to
   about 1e-13 relative, and on CPU it is several times faster than an SVD.
-  On CPU the Gram matrix is summed over blocks of about 64 MB of float64, one NumPy `syrk` each
-  (OpenBLAS builds one triangle: half the flops, and about 2x faster here than torch's matmul,
-  whose MKL takes a generic path on AMD CPUs), in buffers each worker reuses; its
+  On CPU the Gram matrix is `spectrum.host.gram_matrix`: summed over blocks of about 64 MB of
+  float64, one NumPy `syrk` each (OpenBLAS builds one triangle: half the flops, and about 2x
+  faster here than torch's matmul, whose MKL takes a generic path on AMD CPUs); its
   eigenvalues come from NumPy's `eigvalsh` below 2048 rows and torch's (MKL) from 2048 up, the
   faster of the two on each side of that size (benchmarks/METHODS.md). On CUDA it is one batched
   matmul and `eigvalsh` in torch.
