@@ -33,7 +33,7 @@ from .thresholds import DEFAULT_THRESHOLD, THRESHOLDS
 from .sources import open_source
 from .store import load_or_scan
 from .summary import summarize, summary_record
-from .trainer import checked_yaml
+from .trainer import ModelBuild, checked_yaml, start_model_build
 
 LOG = logging.getLogger("spectrum")
 
@@ -204,6 +204,12 @@ def run_model(
     if interactive:
         chosen = choose_types_for(model, args.revision, patterns)
         type_filter, selected_types = chosen.__contains__, chosen
+    builds: list[ModelBuild | None] = []  # the name check's model, built while the scan computes
+
+    def start_build() -> None:
+        if World.from_env().is_main:  # only rank 0 writes the YAML
+            builds.append(start_model_build(model, args.revision, check=args.check))
+
     with scan_progress(model, enabled=not args.quiet) as on_progress:
         outcome = load_or_scan(
             model,
@@ -218,6 +224,7 @@ def run_model(
             keep_shards=args.keep_shards,
             threshold=args.threshold,
             on_progress=on_progress,
+            on_scan_start=start_build,
         )
     scores, cache_file = outcome.scores, outcome.cache_file
     if not World.from_env().is_main:  # under torchrun, rank 0 writes everything
@@ -234,6 +241,7 @@ def run_model(
         embeddings=not args.no_embeddings,
         group_experts=args.group_experts,
         check=args.check,
+        build=builds[0] if builds else None,
     )
     percent_text = format_percent(top_percent)
     if args.output == "-":

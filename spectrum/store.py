@@ -21,7 +21,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from .cache import read_scores, scores_path, write_scores
 from .distributed import World
@@ -77,9 +77,12 @@ def load_or_scan(
     keep_shards: bool = True,
     threshold: str = DEFAULT_THRESHOLD,
     on_progress: ProgressCallback | None = None,
+    on_scan_start: Callable[[], None] | None = None,
 ) -> Outcome:
     """Cached scores when they cover the request and are still valid; otherwise scan (only the
     missing types, when the cache has some) and write the cache. Under torchrun only rank 0 writes.
+
+    `on_scan_start` is called once, just before a scan reads weights (never when the cache answers).
 
     Scores made with another `threshold` (the sidecar's; none recorded means the default) cover
     nothing: the model is scanned again and the file replaced.
@@ -102,6 +105,8 @@ def load_or_scan(
     def fresh(wanted: TypeFilter | None, journal: PartialScan | None) -> Scores:
         from .scanner import scan
 
+        if on_scan_start:
+            on_scan_start()
         scores = scan(model, revision=revision, type_filter=wanted, method=method, device=device, threads=threads,
                       keep_shards=keep_shards, threshold=threshold, on_progress=progress, journal=journal)
         if name:

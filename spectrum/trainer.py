@@ -7,9 +7,11 @@ vision-language checkpoints load under `model.language_model.`. The model is bui
 device from its config alone (no weights, no remote code) and transformers' own conversion
 mapping renames each checkpoint tensor, so no hand-written copy of those rules is kept here.
 
-Building it imports transformers and the model's code (seconds), so the result is kept in a small
-cache of its own (`view_cache_dir()`), keyed by the installed transformers version, the bytes of
-`config.json` and the tensor names: a second run with cached scores answers without transformers.
+Building it imports torch, transformers and the model's code (seconds), so the command line starts
+it in a background thread as a scan begins (`start_model_build`), and the result is kept in a small
+cache of its own (`view_cache_dir()`, `views/<config key>/<names key>.json`), keyed by the installed
+transformers version, the bytes of `config.json` and the tensor names: a second run with cached
+scores answers without transformers.
 """
 
 from __future__ import annotations
@@ -106,14 +108,9 @@ def _view_from_json(payload: object) -> tuple[bool, TrainerView | None]:
     return True, view
 
 
-def cached_view(config_path: str, tensor_names: list[str]) -> TrainerView | None:
-    """`build_view`, remembered: the same transformers, config bytes and tensor names give the same view.
-
-    A view that cannot be read from or written to the cache is simply built again.
-    """
-    from .cache import atomic_write_text
-    from .errors import CacheError
-
+def _config_key(config_path: str) -> str | None:
+    """What a view depends on besides the tensor names: the view format, the installed transformers
+    and the config's bytes (a GGUF's sampled digest). None when either cannot be read."""
     try:
         transformers_version = metadata.version("transformers")
         if config_path.endswith(".gguf"):  # a large file: its sampled digest stands for its metadata
@@ -124,24 +121,88 @@ def cached_view(config_path: str, tensor_names: list[str]) -> TrainerView | None
             with open(config_path, "rb") as handle:
                 config_digest = hashlib.sha256(handle.read()).hexdigest()
     except (metadata.PackageNotFoundError, OSError):
-        return build_view(config_path, tensor_names)
-    key = hashlib.sha256(
-        json.dumps([_VIEW_FORMAT, transformers_version, config_digest, sorted(tensor_names)]).encode("utf-8")
-    ).hexdigest()
-    path = os.path.join(view_cache_dir(), "views", f"{key}.json")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            valid, view = _view_from_json(json.load(handle))
-        if valid:
-            return view
-    except (OSError, UnicodeDecodeError, ValueError):
-        pass
-    view = build_view(config_path, tensor_names)
-    try:
-        atomic_write_text(path, json.dumps(_view_to_json(view)) + "\n")
-    except CacheError as err:
-        LOG.debug("trainer view not cached: %s", err)
+        return None
+    return hashlib.sha256(json.dumps([_VIEW_FORMAT, transformers_version, config_digest]).encode("utf-8")).hexdigest()
+
+
+def _views_of(config_key: str) -> str:
+    """The folder of one config's cached views (a file per set of tensor names)."""
+    return os.path.join(view_cache_dir(), "views", config_key)
+
+
+def cached_view(config_path: str, tensor_names: list[str], *, build: ModelBuild | None = None) -> TrainerView | None:
+    """`build_view`, remembered: the same transformers, config bytes and tensor names give the same view.
+
+    `build`: this config's model, already being built (`start_model_build`), for a cache miss.
+    A view that cannot be read from or written to the cache is simply built again.
+    """
+    from .cache import atomic_write_text
+    from .errors import CacheError
+
+    config_key = _config_key(config_path)
+    path = None
+    if config_key is not None:
+        names_key = hashlib.sha256(json.dumps(sorted(tensor_names)).encode("utf-8")).hexdigest()
+        path = os.path.join(_views_of(config_key), f"{names_key}.json")
+        try:
+            with open(path, encoding="utf-8") as handle:
+                valid, view = _view_from_json(json.load(handle))
+            if valid:
+                return view
+        except (OSError, UnicodeDecodeError, ValueError):
+            pass
+    built = build.result() if build is not None and build.config_path == config_path else None
+    view = build_view(config_path, tensor_names, built=built)
+    if path is not None:
+        try:
+            atomic_write_text(path, json.dumps(_view_to_json(view)) + "\n")
+        except CacheError as err:
+            LOG.debug("trainer view not cached: %s", err)
     return view
+
+
+class ModelBuild:
+    """A config's model, built on the meta device in a background thread while the scan computes.
+
+    Building it is mostly importing torch, transformers and the model's code (about 7 s of one core
+    here), which would otherwise follow the scan; a CPU scan spends its time in OpenBLAS, which
+    releases the GIL.
+    """
+
+    def __init__(self, config_path: str) -> None:
+        import threading
+
+        self.config_path = config_path
+        self._built: tuple | None = None
+        self._thread = threading.Thread(target=self._run, name="spectrum-model-build", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._built = _build_model(self.config_path)
+        except Exception as err:  # noqa: BLE001 - the caller builds it again, in its own thread, and reports
+            LOG.debug("building the model in the background failed: %s", err)
+
+    def result(self) -> tuple | None:
+        """(the model, the config's architectures) once built; None when it could not be built."""
+        self._thread.join()
+        return self._built
+
+
+def start_model_build(model: str, revision: str | None = None, *, check: bool | None = None) -> ModelBuild | None:
+    """Start building the model the name check needs, unless the check is off, no config is found,
+    or this config already has a cached view (a model scanned before answers without transformers)."""
+    if check is False:
+        return None
+    config = find_config(model, revision)
+    if config is None and check:
+        config = _gguf_file(model)
+    if config is None:
+        return None
+    config_key = _config_key(config)
+    if config_key is not None and os.path.isdir(_views_of(config_key)) and os.listdir(_views_of(config_key)):
+        return None
+    return ModelBuild(config)
 
 
 def _gguf_file(model: str) -> str | None:
@@ -177,12 +238,20 @@ def find_config(model: str, revision: str | None = None) -> str | None:
         return None
 
 
-def build_view(config_path: str, tensor_names: list[str]) -> TrainerView | None:
+def build_view(config_path: str, tensor_names: list[str], *, built: tuple | None = None) -> TrainerView | None:
     """Build the model on the meta device from `config.json` (or from a `.gguf` file's metadata, read
     by transformers' GGUF support) and map the checkpoint's tensor names.
 
+    `built`: `(model, architectures)` already built from this config (`ModelBuild.result()`).
     Returns None (and logs why) when transformers does not know the architecture without remote code.
     """
+    built = built or _build_model(config_path)
+    return None if built is None else view_of_model(built[0], tensor_names)
+
+
+def _build_model(config_path: str) -> tuple | None:
+    """(the model built on the meta device, the config's architectures), or None (logged) when
+    transformers cannot build it without remote code."""
     try:
         import torch
         import transformers
@@ -202,26 +271,25 @@ def build_view(config_path: str, tensor_names: list[str]) -> TrainerView | None:
     except Exception as err:  # noqa: BLE001 - unknown model type, custom code, broken config
         LOG.info("transformers cannot build this model from its config (%s); names are not checked", err)
         return None
+    # Built under float32, torch's default already: under the config's dtype transformers would switch
+    # the process-wide default dtype for a moment (`local_torch_dtype`), under a scan running beside it.
+    config.dtype = torch.float32
     candidates = [getattr(transformers, name, None) for name in raw.get("architectures") or []]
     candidates += [transformers.AutoModelForCausalLM, transformers.AutoModel]
-    model = None
     for candidate in candidates:
         if candidate is None:
             continue
         try:
-            with torch.device("meta"):
+            with torch.device("meta"):  # this thread's default device only
                 if hasattr(candidate, "from_config"):
                     model = candidate.from_config(config, trust_remote_code=False)
                 else:
                     model = candidate(config)
-            break
+            return model, raw.get("architectures")
         except Exception:  # noqa: BLE001 - try the next class
             continue
-    if model is None:
-        LOG.info("no transformers class builds %s; names are not checked", raw.get("architectures"))
-        return None
-
-    return view_of_model(model, tensor_names)
+    LOG.info("no transformers class builds %s; names are not checked", raw.get("architectures"))
+    return None
 
 
 def view_of_model(model, tensor_names: list[str]) -> TrainerView:
@@ -256,6 +324,7 @@ def checked_yaml(
     embeddings: bool = True,
     group_experts: bool = False,
     check: bool | None = None,
+    build: ModelBuild | None = None,
 ) -> str:
     """The YAML under the names of the model the trainer builds, verified against it.
 
@@ -263,6 +332,7 @@ def checked_yaml(
         check: True: build the model from its config and fail if that is impossible or any entry
             matches no parameter; None (default): the same when `config.json` is found and
             transformers knows the architecture, else names as stored; False: names as stored.
+        build: the model for the check, already being built (`start_model_build`, during the scan).
 
     Raises:
         SpectrumError: an entry matches no parameter, or `check=True` and the model cannot be built.
@@ -280,7 +350,7 @@ def checked_yaml(
             recorded = scores.meta.get("embeddings")
             if isinstance(recorded, dict):
                 tensor_names += [name for name in recorded.values() if isinstance(name, str)]
-            view = cached_view(config, tensor_names)
+            view = cached_view(config, tensor_names, build=build)
         if view is None and check:
             raise SpectrumError(
                 f"--check needs the model's config.json, an architecture transformers knows and transformers 5 or newer "

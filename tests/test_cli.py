@@ -175,7 +175,7 @@ def test_cached_run_imports_neither_torch_nor_transformers(tiny_llama_dir, tmp_p
     environment = cli_env(dict(os.environ, SPECTRUM_CACHE=str(tmp_path / "views")))
     first = run_cli("--model", str(tiny_llama_dir), "--top-percent", "50", cwd=work, env=environment)
     assert first.returncode == 0, first.stderr
-    (view_file,) = (tmp_path / "views" / "views").glob("*.json")
+    (view_file,) = (tmp_path / "views" / "views").glob("*/*.json")
 
     def probe(*args: str) -> tuple[dict, subprocess.CompletedProcess]:
         run = subprocess.run([sys.executable, "-c", _IMPORTS_PROBE, "--model", str(tiny_llama_dir), *args],

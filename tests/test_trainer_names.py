@@ -196,7 +196,7 @@ def test_views_are_cached_by_transformers_config_and_names(checkpoints, tmp_path
     names = list(json.loads((checkpoints["mixtral"] / "model.safetensors.index.json").read_text())["weight_map"])
     built = build_view(str(config), names)
     assert cached_view(str(config), names) == built  # built, then written
-    files = list((tmp_path / "cache" / "views").glob("*.json"))
+    files = list((tmp_path / "cache" / "views").glob("*/*.json"))  # views/<config>/<names>.json
     assert len(files) == 1
     assert cached_view(str(config), names) == built  # read back: same parameters, renames and fused set
     assert built.fused and built.renamed  # the fused MoE experts survive the round trip
@@ -206,7 +206,7 @@ def test_views_are_cached_by_transformers_config_and_names(checkpoints, tmp_path
     assert json.loads(files[0].read_text())["view"]["architecture"] == "MixtralForCausalLM"
 
     assert cached_view(str(config), names[:-1]) is not None  # other names: another entry
-    assert len(list((tmp_path / "cache" / "views").glob("*.json"))) == 2
+    assert len(list((tmp_path / "cache" / "views").glob("*/*.json"))) == 2
 
 
 def test_a_model_transformers_cannot_build_is_remembered_too(tmp_path, monkeypatch):
@@ -215,6 +215,28 @@ def test_a_model_transformers_cannot_build_is_remembered_too(tmp_path, monkeypat
     folder.mkdir()
     (folder / "config.json").write_text('{"model_type": "no-such-architecture", "architectures": ["NoSuchModel"]}')
     assert cached_view(str(folder / "config.json"), ["a.weight"]) is None
-    (entry,) = (tmp_path / "cache" / "views").glob("*.json")
+    (entry,) = (tmp_path / "cache" / "views").glob("*/*.json")
     assert json.loads(entry.read_text()) == {"format": 1, "view": None}
     assert cached_view(str(folder / "config.json"), ["a.weight"]) is None
+
+
+def test_the_model_built_during_the_scan_gives_the_same_view(checkpoints, tmp_path, monkeypatch):
+    """`start_model_build` builds the model in a thread (while a scan computes); its view equals the one
+    built in place, torch's default dtype is left alone, and a config with a cached view builds nothing."""
+    import torch
+
+    from spectrum.trainer import ModelBuild, start_model_build
+
+    monkeypatch.setenv("SPECTRUM_CACHE", str(tmp_path / "cache"))
+    folder = checkpoints["mixtral"]
+    names = list(json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"])
+    assert start_model_build(str(folder), check=False) is None
+    assert start_model_build(str(tmp_path), check=None) is None  # no config.json: nothing to build
+    build = start_model_build(str(folder))
+    assert isinstance(build, ModelBuild) and build.config_path == str(folder / "config.json")
+    assert torch.get_default_dtype() == torch.float32
+    view = cached_view(build.config_path, names, build=build)
+    assert torch.get_default_dtype() == torch.float32
+    assert view == build_view(build.config_path, names) and view.fused
+    assert start_model_build(str(folder)) is None  # its view is cached now: no transformers needed
+
