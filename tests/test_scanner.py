@@ -110,6 +110,16 @@ def test_which_scans_go_without_torch(tiny_llama_dir, tmp_path):
     assert not _host_route(legacy, take_inventory(legacy.tensors()).matrices, "cpu", "auto")
 
 
+def test_cuda_is_ruled_out_only_where_torch_finds_none():
+    """`--device auto` skips importing torch only when torch could not find a GPU anyway."""
+    from spectrum.scanner import cuda_ruled_out
+
+    if cuda_ruled_out():
+        assert not torch.cuda.is_available()
+    if torch.cuda.is_available():
+        assert not cuda_ruled_out()
+
+
 def test_tied_embeddings_have_no_head(tiny_llama_tied_dir):
     scores = scan(str(tiny_llama_tied_dir), device="cpu")
     assert scores.meta["embeddings"] == {"input": "model.embed_tokens.weight", "output": None}
