@@ -33,6 +33,7 @@ from .host import (  # noqa: F401 (the CPU half, re-exported)
     gram_matrix,
     keep_gram_buffers,
     resolve_method,
+    values_from_gram,
 )
 
 
@@ -110,7 +111,6 @@ def _gram_values_cpu(matrix: torch.Tensor) -> torch.Tensor:
     """
     gram = gram_matrix_cpu(matrix)  # (k, k), k = min(m, n)
     if gram.shape[0] < NUMPY_EIGVALSH_BELOW:
-        eigenvalues = torch.from_numpy(np.linalg.eigvalsh(gram))  # ascending; gram is copied first
-    else:
-        eigenvalues = torch.linalg.eigvalsh(torch.from_numpy(gram))  # copies too: the buffer stays intact
+        return torch.from_numpy(values_from_gram(gram).copy())
+    eigenvalues = torch.linalg.eigvalsh(torch.from_numpy(gram))  # ascending; copies: the buffer stays intact
     return eigenvalues.flip(-1).clamp_min(0.0).sqrt()

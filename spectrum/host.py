@@ -142,5 +142,10 @@ def singular_values(matrix: StoredArray) -> np.ndarray | None:
     gram = gram_matrix(matrix)
     if not np.isfinite(np.diagonal(gram)).all():
         return None
+    return values_from_gram(gram)
+
+
+def values_from_gram(gram: np.ndarray) -> np.ndarray:
+    """Singular values from a float64 Gram matrix by NumPy's `eigvalsh`: sqrt(max(lambda, 0)), descending."""
     eigenvalues = np.linalg.eigvalsh(gram)  # ascending; gram is copied first
     return np.sqrt(np.maximum(eigenvalues[::-1], 0.0))
