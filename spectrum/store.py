@@ -82,7 +82,8 @@ def load_or_scan(
     """Cached scores when they cover the request and are still valid; otherwise scan (only the
     missing types, when the cache has some) and write the cache. Under torchrun only rank 0 writes.
 
-    `on_scan_start` is called once, just before a scan reads weights (never when the cache answers).
+    `on_scan_start` is called once, when a scan has checked the headers and is about to read weights
+    (never when the cache answers; under torchrun on rank 0 only).
 
     Scores made with another `threshold` (the sidecar's; none recorded means the default) cover
     nothing: the model is scanned again and the file replaced.
@@ -98,6 +99,8 @@ def load_or_scan(
     total: list[int] = []  # matrices the scan has to score, once it knows
 
     def progress(done: int, count: int, nbytes: int) -> None:
+        if not total and on_scan_start:  # the scan's first word: headers checked, weights next
+            on_scan_start()
         total[:] = [count]
         if on_progress:
             on_progress(done, count, nbytes)
@@ -105,8 +108,6 @@ def load_or_scan(
     def fresh(wanted: TypeFilter | None, journal: PartialScan | None) -> Scores:
         from .scanner import scan
 
-        if on_scan_start:
-            on_scan_start()
         scores = scan(model, revision=revision, type_filter=wanted, method=method, device=device, threads=threads,
                       keep_shards=keep_shards, threshold=threshold, on_progress=progress, journal=journal)
         if name:

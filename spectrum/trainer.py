@@ -174,7 +174,9 @@ class ModelBuild:
 
         self.config_path = config_path
         self._built: tuple | None = None
-        self._thread = threading.Thread(target=self._run, name="spectrum-model-build", daemon=True)
+        # Not a daemon: a run that fails meanwhile waits for the build to end rather than having the
+        # interpreter stop the thread inside torch's or transformers' import at exit.
+        self._thread = threading.Thread(target=self._run, name="spectrum-model-build")
         self._thread.start()
 
     def _run(self) -> None:

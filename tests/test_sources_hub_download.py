@@ -36,8 +36,9 @@ def test_download_scan_and_keep(hub, tmp_path, tiny_llama_dir):
         tmp_path / "local" / "snr_results_org-tiny.json"
     )
     # Every shard is fetched whole exactly once, in order, and only after all headers were read remotely;
-    # config.json comes first: the model for the name check is built from it while the shards are scanned.
-    assert hub.full_downloads() == ["config.json", "model.safetensors.index.json", *SHARDS]
+    # config.json comes once the headers are read: the model for the name check is built from it while
+    # the shards are scanned.
+    assert hub.full_downloads() == ["model.safetensors.index.json", "config.json", *SHARDS]
     first_download = next(i for i, (method, path, wanted) in enumerate(hub.log) if path == SHARDS[0] and not wanted)
     header_reads = [i for i, (method, path, wanted) in enumerate(hub.log) if wanted == "bytes=0-100000"]
     assert len(header_reads) == 4 and max(header_reads) < first_download
