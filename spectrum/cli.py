@@ -164,14 +164,12 @@ def run(args: argparse.Namespace) -> int:
         try:
             record = run_model(args, model, top_percent, patterns, interactive=interactive, first=position == 1)
         except (SpectrumError, OSError) as err:
+            message = _message(err)
+            if args.json:
+                _print_json({"model": model, "ok": False, "error": message})
             if isinstance(err, UsageError) or not several:
-                if args.json:
-                    _print_json({"model": model, "ok": False, "error": _message(err)})
                 raise
             failed.append(model)
-            if args.json:
-                _print_json({"model": model, "ok": False, "error": _message(err)})
-            message = _message(err)
             print_status(position, len(models), model, message.removeprefix(f"{model}: "), ok=False)
             continue
         if record is None:  # a torchrun rank other than 0: rank 0 reports
@@ -206,9 +204,8 @@ def run_model(
         type_filter, selected_types = chosen.__contains__, chosen
     builds: list[ModelBuild | None] = []  # the name check's model, built while the scan computes
 
-    def start_build() -> None:
-        if World.from_env().is_main:  # only rank 0 writes the YAML
-            builds.append(start_model_build(model, args.revision, check=args.check))
+    def start_build() -> None:  # called on rank 0 only, which writes the YAML
+        builds.append(start_model_build(model, args.revision, check=args.check))
 
     with scan_progress(model, enabled=not args.quiet) as on_progress:
         outcome = load_or_scan(

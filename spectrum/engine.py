@@ -25,16 +25,7 @@ import numpy as np
 import torch
 
 from .errors import UsageError
-from .host import (  # noqa: F401 (the CPU half, re-exported)
-    METHODS,
-    NUMPY_EIGVALSH_BELOW,
-    StoredArray,
-    cpu_threads_limited,
-    gram_matrix,
-    keep_gram_buffers,
-    resolve_method,
-    values_from_gram,
-)
+from .host import NUMPY_EIGVALSH_BELOW, StoredArray, gram_matrix, values_from_gram
 
 
 def resolve_device(name: str) -> torch.device:
@@ -98,18 +89,13 @@ def _stored_array(matrix: torch.Tensor) -> StoredArray:
     return StoredArray(matrix.numpy(), {torch.float16: "F16", torch.float32: "F32", torch.float64: "F64"}[matrix.dtype])
 
 
-def gram_matrix_cpu(matrix: torch.Tensor) -> np.ndarray:
-    """`spectrum.host.gram_matrix` of a CPU tensor: the float64 Gram matrix of its smaller side, in blocks."""
-    return gram_matrix(_stored_array(matrix))
-
-
 def _gram_values_cpu(matrix: torch.Tensor) -> torch.Tensor:
     """Singular values of one (m, n) matrix by the float64 Gram route on CPU, descending, (min(m, n),).
 
     The caller limits OpenBLAS to one thread per call (`cpu_threads_limited`): parallelism comes
     from the workers.
     """
-    gram = gram_matrix_cpu(matrix)  # (k, k), k = min(m, n)
+    gram = gram_matrix(_stored_array(matrix))  # (k, k), k = min(m, n), in blocks (spectrum.host)
     if gram.shape[0] < NUMPY_EIGVALSH_BELOW:
         return torch.from_numpy(values_from_gram(gram).copy())
     eigenvalues = torch.linalg.eigvalsh(torch.from_numpy(gram))  # ascending; copies: the buffer stays intact

@@ -91,15 +91,16 @@ def cpu_threads_limited():
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def _gram_buffers(k: int, long: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """(flat float64 block, flat uint32 scratch, Gram matrix, partial Gram, block length) for the
-    k x k Grams of matrices whose long side is `long`."""
+def _gram_buffers(k: int, long: int, bf16: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, int]:
+    """(flat float64 block, flat uint32 scratch for bfloat16 or None, Gram matrix, partial Gram, block
+    length) for the k x k Grams of matrices whose long side is `long`."""
     step = max(1, min(long, _GRAM_BLOCK_BYTES // (8 * k)))
-    key = (k, step)
+    key = (k, step, bf16)
     kept = _buffers.by_shape if getattr(_buffers, "keep", False) else {}
     if key not in kept:
         kept.clear()  # one shape at a time: a worker holds at most one set
-        kept[key] = (np.empty(k * step), np.empty(k * step, dtype=np.uint32), np.empty((k, k)), np.empty((k, k)))
+        bits = np.empty(k * step, dtype=np.uint32) if bf16 else None
+        kept[key] = (np.empty(k * step), bits, np.empty((k, k)), np.empty((k, k)))
     flat, bits, gram, part = kept[key]
     return flat, bits, gram, part, step
 
@@ -115,13 +116,13 @@ def gram_matrix(matrix: StoredArray) -> np.ndarray:
     rows, cols = matrix.shape
     tall = rows >= cols
     k, long = (cols, rows) if tall else (rows, cols)
-    flat, bits, gram, part, step = _gram_buffers(k, long)
+    flat, bits, gram, part, step = _gram_buffers(k, long, matrix.dtype == "BF16")
     for start in range(0, long, step):
         width = min(step, long - start)
         shape = (width, k) if tall else (k, width)  # rows start:start+width, or those columns
         block = flat[: width * k].reshape(shape)
         piece = matrix[start : start + width] if tall else matrix[:, start : start + width]
-        piece.to_float64(block, bits[: width * k].reshape(shape))
+        piece.to_float64(block, None if bits is None else bits[: width * k].reshape(shape))
         left, right = (block.T, block) if tall else (block, block.T)
         np.matmul(left, right, out=gram if start == 0 else part)  # one syrk: NumPy sees A^T A / A A^T
         if start:

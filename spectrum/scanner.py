@@ -67,13 +67,13 @@ def cuda_ruled_out() -> bool:
 
 
 def _host_route(source: TensorSource, matrices: list[Matrix], device: str, method: str) -> bool:
-    """Whether these matrices are scored without torch (`spectrum.host`): on CPU, by the Gram route,
-    from a source that reads NumPy arrays, in the dtypes NumPy reads, all under the size where
-    torch's eigvalsh becomes the faster one."""
+    """Whether these matrices are scored without torch (`spectrum.host`): on CPU, by the Gram route
+    (`method` as resolved), from a source that reads NumPy arrays, in the dtypes NumPy reads, all
+    under the size where torch's eigvalsh becomes the faster one."""
     on_cpu = device == "cpu" or (device == "auto" and cuda_ruled_out())
     return (
         on_cpu
-        and resolve_method(method) == "gram"
+        and method == "gram"
         and source.reads_arrays
         and all(m.info.dtype in HOST_DTYPES and min(m.shape) < NUMPY_EIGVALSH_BELOW for m in matrices)
     )
@@ -128,14 +128,16 @@ def scan_source(
         if wanted(module_type(module_name(info.name) or info.name)):
             LOG.warning("%s is stored as %s, which needs its scale tensors to dequantize; left out", info.name, info.dtype)
     mine = share(chosen) if share else chosen
-    host = _host_route(source, mine, device, method)
+    concrete_method = resolve_method(method)
+    host = _host_route(source, mine, device, concrete_method)
     if host:
         compute_device = "cpu"
     else:
-        from .engine import resolve_device
+        import torch
+
+        from .engine import resolve_device, singular_values
 
         compute_device = resolve_device(device)
-    concrete_method = resolve_method(method, compute_device)
     known = journal.begin(source.describe(), concrete_method) if journal else {}
     resumed = {m.module: ModuleScore(known[m.module].snr, m.type) for m in mine if m.module in known}
     workers = threads or cpu_count()
@@ -178,10 +180,6 @@ def scan_source(
 
     def compute(batch: list[Item]) -> list[tuple[Matrix, float | None]]:
         """Scores of one batch of torch tensors; None for a matrix with NaN or infinite entries."""
-        import torch
-
-        from .engine import singular_values
-
         stack = batch[0].tensor.unsqueeze(0) if len(batch) == 1 else torch.stack([item.tensor for item in batch])
         stack = stack.to(compute_device)  # (N, m, n) as stored
         finite = torch.isfinite(stack).flatten(1).all(dim=1)  # (N,)
@@ -220,8 +218,6 @@ def scan_source(
     if host:
         limits = cpu_threads_limited()  # one single-threaded OpenBLAS worker per core
     elif compute_device.type == "cpu":
-        import torch
-
         torch_threads = torch.get_num_threads()
         torch.set_num_threads(1)  # one single-threaded worker per core
         limits = cpu_threads_limited()  # NumPy's OpenBLAS too
@@ -232,8 +228,6 @@ def scan_source(
                         worker_setup=keep_gram_buffers)
     finally:
         if torch_threads is not None:
-            import torch
-
             torch.set_num_threads(torch_threads)
 
     ordered = dict(sorted(results.items(), key=lambda item: (item[1].type, natural_key(item[0]))))

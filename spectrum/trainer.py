@@ -151,8 +151,11 @@ def cached_view(config_path: str, tensor_names: list[str], *, build: ModelBuild 
                 return view
         except (OSError, UnicodeDecodeError, ValueError):
             pass
-    built = build.result() if build is not None and build.config_path == config_path else None
-    view = build_view(config_path, tensor_names, built=built)
+    if build is not None and build.config_path == config_path:  # built (or found unbuildable) meanwhile
+        built = build.result()
+        view = None if built is None else view_of_model(built[0], tensor_names)
+    else:
+        view = build_view(config_path, tensor_names)
     if path is not None:
         try:
             atomic_write_text(path, json.dumps(_view_to_json(view)) + "\n")
@@ -182,8 +185,8 @@ class ModelBuild:
     def _run(self) -> None:
         try:
             self._built = _build_model(self.config_path)
-        except Exception as err:  # noqa: BLE001 - the caller builds it again, in its own thread, and reports
-            LOG.debug("building the model in the background failed: %s", err)
+        except Exception as err:  # noqa: BLE001 - _build_model logs what it expects; this is a bug's trace
+            LOG.info("building the model failed (%s); names are not checked", err)
 
     def result(self) -> tuple | None:
         """(the model, the config's architectures) once built; None when it could not be built."""
@@ -240,14 +243,13 @@ def find_config(model: str, revision: str | None = None) -> str | None:
         return None
 
 
-def build_view(config_path: str, tensor_names: list[str], *, built: tuple | None = None) -> TrainerView | None:
+def build_view(config_path: str, tensor_names: list[str]) -> TrainerView | None:
     """Build the model on the meta device from `config.json` (or from a `.gguf` file's metadata, read
     by transformers' GGUF support) and map the checkpoint's tensor names.
 
-    `built`: `(model, architectures)` already built from this config (`ModelBuild.result()`).
     Returns None (and logs why) when transformers does not know the architecture without remote code.
     """
-    built = built or _build_model(config_path)
+    built = _build_model(config_path)
     return None if built is None else view_of_model(built[0], tensor_names)
 
 

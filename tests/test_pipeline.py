@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 
 from spectrum import engine
 from spectrum.errors import CorruptCheckpointError
+from spectrum.host import cpu_threads_limited
 from spectrum.pipeline import Batcher, Item, Reader, run_batches
 from spectrum.scanner import scan, scan_source
 from spectrum.sources import open_source
@@ -96,7 +97,7 @@ def test_cpu_gram_route_matches_float64_svd_on_both_sides_of_the_size_rule(rows,
     monkeypatch.setattr(engine, "NUMPY_EIGVALSH_BELOW", numpy_below)
     rng = np.random.default_rng(rows * cols)
     stack = torch.from_numpy(rng.standard_normal((2, rows, cols))).to(torch.bfloat16)
-    with engine.cpu_threads_limited():
+    with cpu_threads_limited():
         values = engine.singular_values(stack, method="gram", device=torch.device("cpu"))
     expected = np.linalg.svd(stack.to(torch.float64).numpy(), compute_uv=False)  # (2, min(rows, cols))
     assert values.dtype == torch.float64 and values.shape == expected.shape

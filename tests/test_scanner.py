@@ -90,24 +90,26 @@ def test_the_two_cpu_routes_give_the_same_scores(tiny_llama_dir, minilm_dir, mon
 def test_which_scans_go_without_torch(tiny_llama_dir, tmp_path):
     """NumPy's route needs the CPU, the Gram method, a source of NumPy arrays, dtypes NumPy reads and
     every matrix under 2048 on its short side (torch's eigvalsh is faster from there)."""
+    from spectrum.host import resolve_method
     from spectrum.inventory import Matrix
     from spectrum.scanner import _host_route
     from spectrum.sources.base import TensorInfo
 
+    AUTO = resolve_method("auto")  # the route is chosen for the method `auto` resolves to
     source = open_source(str(tiny_llama_dir))
     matrices = take_inventory(source.tensors()).matrices
-    assert _host_route(source, matrices, "cpu", "auto") and _host_route(source, matrices, "cpu", "gram")
+    assert _host_route(source, matrices, "cpu", AUTO) and _host_route(source, matrices, "cpu", "gram")
     assert not _host_route(source, matrices, "cpu", "svd")
-    assert not _host_route(source, matrices, "cuda", "auto")
+    assert not _host_route(source, matrices, "cuda", AUTO)
     wide = Matrix(TensorInfo("model.layers.0.mlp.down_proj.weight", "BF16", (2048, 8192), "x"), "model.layers.0.mlp.down_proj",
                   "mlp.down_proj", True)
-    assert not _host_route(source, matrices + [wide], "cpu", "auto")
+    assert not _host_route(source, matrices + [wide], "cpu", AUTO)
     fp8 = Matrix(TensorInfo("model.layers.0.mlp.up_proj.weight", "F8_E4M3", (64, 64), "x"), "model.layers.0.mlp.up_proj",
                  "mlp.up_proj", True)
-    assert not _host_route(source, [fp8], "cpu", "auto")
+    assert not _host_route(source, [fp8], "cpu", AUTO)
     torch.save({"model.layers.0.mlp.up_proj.weight": torch.randn(16, 8)}, tmp_path / "pytorch_model.bin")
     legacy = open_source(str(tmp_path))  # .bin weights come as torch tensors
-    assert not _host_route(legacy, take_inventory(legacy.tensors()).matrices, "cpu", "auto")
+    assert not _host_route(legacy, take_inventory(legacy.tensors()).matrices, "cpu", AUTO)
 
 
 def test_cuda_is_ruled_out_only_where_torch_finds_none():

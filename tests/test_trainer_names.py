@@ -240,3 +240,12 @@ def test_the_model_built_during_the_scan_gives_the_same_view(checkpoints, tmp_pa
     assert view == build_view(build.config_path, names) and view.fused
     assert start_model_build(str(folder)) is None  # its view is cached now: no transformers needed
 
+
+def test_an_unbuildable_model_built_in_the_background_gives_no_view(tmp_path, monkeypatch):
+    from spectrum.trainer import ModelBuild
+
+    monkeypatch.setenv("SPECTRUM_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "config.json").write_text('{"model_type": "no-such-architecture", "architectures": ["NoSuchModel"]}')
+    build = ModelBuild(str(tmp_path / "config.json"))
+    assert cached_view(build.config_path, ["a.weight"], build=build) is None
+    assert build.result() is None
