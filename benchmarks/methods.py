@@ -55,6 +55,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     threadpool_limits(limits=args.threads, user_api="blas")  # NumPy's OpenBLAS (the CPU Gram route) too
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA GPU")
     print(f"device {device}, torch {torch.__version__}, {args.threads} thread(s), median of {args.repeats}\n")
     print("| shape | m×n | gram (s) | svd (s) | float32 svdvals as stored (s) | faster |")
     print("|---|---|---|---|---|---|")
