@@ -3,7 +3,7 @@
 # nothing can be fetched (the device tool's H100/H200). Two parts, each sized for one 10-minute call:
 #
 #   bash benchmarks/gpu_check.sh quick [RESULTS_DIR]   # CUDA tests, eigvalsh variants, methods (~4 min)
-#   bash benchmarks/gpu_check.sh e2e [RESULTS_DIR]     # Llama-3-8B shapes end to end vs the baseline (~6 min)
+#   bash benchmarks/gpu_check.sh e2e [RESULTS_DIR]     # Llama-3-8B shapes end to end: 4 streams, then 1 vs the baseline (~8 min)
 #
 # Results: RESULTS_DIR, else $OUT, else benchmarks/.gpu-results: log.txt (every step's output), and
 # for e2e the RESULTS.md block of run.py. Missing pure-Python packages (gguf is not on the device
@@ -41,8 +41,12 @@ case "$part" in
     step methods 150 python3 benchmarks/methods.py --device cuda --repeats 3
     ;;
   e2e)
-    step checkpoint 200 python3 benchmarks/checkpoints.py llama8b
-    step e2e 380 python3 benchmarks/run.py llama8b --device cuda --repeats 1 --timeout 360 --results "$out/RESULTS.md"
+    step checkpoint 170 python3 benchmarks/checkpoints.py llama8b
+    # spectrum alone with its batches on 4 CUDA streams (one worker thread each), then the default
+    # (one stream) against the baseline.
+    step e2e_streams4 90 env SPECTRUM_CUDA_STREAMS=4 python3 benchmarks/run.py llama8b --device cuda --repeats 1 \
+      --skip-baseline --timeout 80 --results "$out/RESULTS.md" --note "SPECTRUM_CUDA_STREAMS=4"
+    step e2e 330 python3 benchmarks/run.py llama8b --device cuda --repeats 1 --timeout 300 --results "$out/RESULTS.md"
     ;;
   *)
     echo "gpu_check.sh: unknown part '$part'; use quick or e2e" >&2

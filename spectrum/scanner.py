@@ -7,15 +7,17 @@ than a few tensors. The model is never instantiated and no code from it runs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
+import threading
 import time
 from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
 from . import __version__
 from .distributed import World, gather, join, share
-from .errors import SpectrumError
+from .errors import SpectrumError, UsageError
 from .host import HOST_DTYPES, NUMPY_EIGVALSH_BELOW, cpu_threads_limited, keep_gram_buffers, resolve_method
 from .host import singular_values as host_singular_values
 from .inventory import Inventory, Matrix, TypeFilter, default_type_filter, take_inventory  # noqa: F401 (re-exported)
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 LOG = logging.getLogger("spectrum")
 
 ProgressCallback = Callable[[int, int, int], None]  # (matrices done, matrices total, bytes read)
+_worker_stream = threading.local()  # a CUDA worker's own stream, when a scan issues on several
 
 
 class Journal(Protocol):
@@ -79,17 +82,49 @@ def _host_route(source: TensorSource, matrices: list[Matrix], device: str, metho
     )
 
 
+CUDA_STREAMS_ENV = "SPECTRUM_CUDA_STREAMS"
+
+
+def cuda_streams() -> int:
+    """CUDA streams a scan issues its batches on, one worker thread each: `$SPECTRUM_CUDA_STREAMS`,
+    default 1. cuSOLVER's eigenvalue solver is latency-bound at the sizes of large models, so more
+    streams may keep a GPU busier; whether they do is measured by benchmarks/cuda_eig.py."""
+    text = os.environ.get(CUDA_STREAMS_ENV, "").strip()
+    if not text:
+        return 1
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise UsageError(f"{CUDA_STREAMS_ENV}={text!r} is not a number of streams; use 1 to 64, or unset it")
+    return int(text)
+
+
 def _budgets(device: "torch.device", threads: int) -> tuple[int, int, int]:
     """(batch bytes, pending bytes, workers) for a device; batch bytes 0 means one matrix a batch."""
     if device.type != "cuda":
         return 0, 0, threads
     import torch
 
+    streams = cuda_streams()
     free, _ = torch.cuda.mem_get_info(device)
     # A batch of B stored bytes needs about 10 B on the device at its peak (the stored copy,
-    # its float64 conversion and the Gram matrices with eigvalsh's workspace): use half the free memory.
-    batch_bytes = max(free // 20, 1)
-    return batch_bytes, min(2 * batch_bytes, 4 << 30), 1
+    # its float64 conversion and the Gram matrices with eigvalsh's workspace): use half the free
+    # memory, shared by the streams' batches in flight.
+    batch_bytes = max(free // (20 * streams), 1)
+    return batch_bytes, min(2 * batch_bytes * streams, 4 << 30), streams
+
+
+def _cuda_worker_setup(device: "torch.device") -> None:
+    """Give this worker thread a CUDA stream of its own on `device` (when a scan uses several)."""
+    import torch
+
+    _worker_stream.stream = torch.cuda.Stream(device=device)
+
+
+def _worker_stream_context():
+    """The calling worker's own CUDA stream, as a context; a no-op where it has none."""
+    import torch
+
+    stream = getattr(_worker_stream, "stream", None)
+    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
 
 
 def scan_source(
@@ -181,14 +216,15 @@ def scan_source(
     def compute(batch: list[Item]) -> list[tuple[Matrix, float | None]]:
         """Scores of one batch of torch tensors; None for a matrix with NaN or infinite entries."""
         stack = batch[0].tensor.unsqueeze(0) if len(batch) == 1 else torch.stack([item.tensor for item in batch])
-        stack = stack.to(compute_device)  # (N, m, n) as stored
-        finite = torch.isfinite(stack).flatten(1).all(dim=1)  # (N,)
-        flags = finite.tolist()
-        scores = iter(())
-        if any(flags):
-            rows, cols = batch[0].key.shape
-            values = singular_values(stack[finite], method=concrete_method, device=compute_device)
-            scores = iter(scores_from_singular_values(values, rows, cols, threshold=threshold).tolist())
+        with _worker_stream_context():  # this worker's own CUDA stream, if the scan uses several
+            stack = stack.to(compute_device)  # (N, m, n) as stored
+            finite = torch.isfinite(stack).flatten(1).all(dim=1)  # (N,)
+            flags = finite.tolist()  # waits for this stream only
+            scores = iter(())
+            if any(flags):
+                rows, cols = batch[0].key.shape
+                values = singular_values(stack[finite], method=concrete_method, device=compute_device)
+                scores = iter(scores_from_singular_values(values, rows, cols, threshold=threshold).tolist())
         return [(item.key, next(scores) if ok else None) for item, ok in zip(batch, flags)]
 
     results: dict[str, ModuleScore] = dict(resumed)
@@ -214,6 +250,9 @@ def scan_source(
     if on_progress:
         on_progress(done, len(mine), 0)
     limits = contextlib.nullcontext()
+    worker_setup = keep_gram_buffers
+    if not host and compute_device.type == "cuda" and workers > 1:
+        worker_setup = functools.partial(_cuda_worker_setup, compute_device)  # one stream per worker
     torch_threads = None  # torch's thread count to restore
     if host:
         limits = cpu_threads_limited()  # one single-threaded OpenBLAS worker per core
@@ -225,7 +264,7 @@ def scan_source(
         with limits:
             run_batches(items, Batcher(batch_bytes=batch_bytes, pending_bytes=pending_bytes),
                         compute_host if host else compute, workers=workers, on_results=on_results,
-                        worker_setup=keep_gram_buffers)
+                        worker_setup=worker_setup)
     finally:
         if torch_threads is not None:
             torch.set_num_threads(torch_threads)

@@ -142,12 +142,14 @@ def test_moe_experts_of_every_type_batch_together(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("streams", ["1", "3"])
 @pytest.mark.parametrize("checkpoint", ["tiny_llama_dir", "minilm_dir"])
-def test_cuda_scan_matches_cpu(checkpoint, request):
+def test_cuda_scan_matches_cpu(checkpoint, streams, request, monkeypatch):
     model = request.getfixturevalue(checkpoint)  # one per test: a GPU machine without MiniLM runs `-k "not minilm"`
+    monkeypatch.setenv("SPECTRUM_CUDA_STREAMS", streams)  # batches on that many streams, one worker each
     on_cpu = scan(str(model), device="cpu")
     on_gpu = scan(str(model), device="cuda")
-    assert on_gpu.meta["device"].startswith("cuda")
+    assert on_gpu.meta["device"].startswith("cuda") and on_gpu.meta["workers"] == int(streams)
     assert list(on_gpu.entries) == list(on_cpu.entries)
     for module, score in on_cpu.entries.items():
         assert on_gpu.entries[module].snr == pytest.approx(score.snr, rel=1e-9), module

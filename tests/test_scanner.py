@@ -1,6 +1,7 @@
 """Scans of real and written checkpoints against the float64 NumPy reference."""
 
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from reference import reference_score
-from spectrum.errors import SpectrumError
+from spectrum.errors import SpectrumError, UsageError
 from spectrum.scanner import scan, take_inventory
 from spectrum.store import merge, missing_types
 from spectrum.scores import ModuleScore, Scores
@@ -120,6 +121,19 @@ def test_cuda_is_ruled_out_only_where_torch_finds_none():
         assert not torch.cuda.is_available()
     if torch.cuda.is_available():
         assert not cuda_ruled_out()
+
+
+def test_cuda_streams_come_from_the_environment(monkeypatch):
+    from spectrum.scanner import CUDA_STREAMS_ENV, cuda_streams
+
+    monkeypatch.delenv(CUDA_STREAMS_ENV, raising=False)
+    assert cuda_streams() == 1
+    monkeypatch.setenv(CUDA_STREAMS_ENV, " 4 ")
+    assert cuda_streams() == 4
+    for bad in ("0", "65", "two", "-1", "1.5"):
+        monkeypatch.setenv(CUDA_STREAMS_ENV, bad)
+        with pytest.raises(UsageError, match=f"{CUDA_STREAMS_ENV}='{re.escape(bad)}' is not a number of streams"):
+            cuda_streams()
 
 
 def test_tied_embeddings_have_no_head(tiny_llama_tied_dir):
