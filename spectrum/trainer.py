@@ -10,8 +10,9 @@ mapping renames each checkpoint tensor, so no hand-written copy of those rules i
 Building it imports torch, transformers and the model's code (seconds), so the command line starts
 it in a background thread as a scan begins (`start_model_build`), and the result is kept in a small
 cache of its own (`view_cache_dir()`, `views/<config key>/<names key>.json`), keyed by the installed
-transformers version, the bytes of `config.json` and the tensor names: a second run with cached
-scores answers without transformers.
+transformers version, `config.json` less the keys that only name or date a checkpoint
+(`CONFIG_KEYS_IGNORED`) and the tensor names: a second run, or a fine-tune of a model scanned
+before, answers without transformers.
 """
 
 from __future__ import annotations
@@ -108,21 +109,44 @@ def _view_from_json(payload: object) -> tuple[bool, TrainerView | None]:
     return True, view
 
 
+# Top-level config.json keys that name, date or tune a checkpoint without changing the model
+# transformers builds from it (its parameters' names and shapes; the check builds under float32
+# whatever the dtype says). Fine-tunes of one base model mostly differ in these, so they share a view.
+CONFIG_KEYS_IGNORED = frozenset({
+    "_name_or_path", "_commit_hash", "transformers_version", "torch_dtype", "dtype", "use_cache",
+    "bos_token_id", "eos_token_id", "pad_token_id",
+})
+
+
+def config_digest(raw: bytes) -> str:
+    """A config.json's digest for the view cache: its JSON object without `CONFIG_KEYS_IGNORED`, in
+    canonical form (so key order and white space do not count either); its bytes when it is not a
+    JSON object."""
+    try:
+        config = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        config = None
+    if not isinstance(config, dict):
+        return hashlib.sha256(raw).hexdigest()
+    kept = {key: value for key, value in config.items() if key not in CONFIG_KEYS_IGNORED}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
 def _config_key(config_path: str) -> str | None:
     """What a view depends on besides the tensor names: the view format, the installed transformers
-    and the config's bytes (a GGUF's sampled digest). None when either cannot be read."""
+    and the config (`config_digest`; a GGUF's sampled digest). None when either cannot be read."""
     try:
         transformers_version = metadata.version("transformers")
         if config_path.endswith(".gguf"):  # a large file: its sampled digest stands for its metadata
             from .sources.base import sample_digest
 
-            config_digest = sample_digest(config_path)
+            digest = sample_digest(config_path)
         else:
             with open(config_path, "rb") as handle:
-                config_digest = hashlib.sha256(handle.read()).hexdigest()
+                digest = config_digest(handle.read())
     except (metadata.PackageNotFoundError, OSError):
         return None
-    return hashlib.sha256(json.dumps([_VIEW_FORMAT, transformers_version, config_digest]).encode("utf-8")).hexdigest()
+    return hashlib.sha256(json.dumps([_VIEW_FORMAT, transformers_version, digest]).encode("utf-8")).hexdigest()
 
 
 def _views_of(config_key: str) -> str:
@@ -131,7 +155,7 @@ def _views_of(config_key: str) -> str:
 
 
 def cached_view(config_path: str, tensor_names: list[str], *, build: ModelBuild | None = None) -> TrainerView | None:
-    """`build_view`, remembered: the same transformers, config bytes and tensor names give the same view.
+    """`build_view`, remembered: the same transformers, config (`config_digest`) and tensor names give the same view.
 
     `build`: this config's model, already being built (`start_model_build`), for a cache miss.
     A view that cannot be read from or written to the cache is simply built again.

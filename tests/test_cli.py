@@ -161,6 +161,39 @@ def test_a_cpu_scan_of_safetensors_imports_no_torch(tiny_llama_dir, tmp_path, mo
         {module: score.snr for module, score in torch_route.entries.items()}, rel=1e-12)
 
 
+def test_a_fine_tune_of_a_model_scanned_before_needs_no_transformers(tiny_llama_dir, tmp_path):
+    """The name check's view is keyed by the config less its names, dates and dtype: the first scan
+    of a fine-tune whose config differs from its base's only there imports neither torch nor
+    transformers, on CPU, and still checks its names."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    environment = cli_env(dict(os.environ, SPECTRUM_CACHE=str(tmp_path / "views")))
+    base = run_cli("--model", str(tiny_llama_dir), "--device", "cpu", "--top-percent", "50", cwd=tmp_path, env=environment)
+    assert base.returncode == 0, base.stderr
+    tuned = shutil.copytree(tiny_llama_dir, tmp_path / "tuned")
+    config = json.loads((tuned / "config.json").read_text())
+    config.update({"_name_or_path": "someone/tiny-llama-sft", "torch_dtype": "float16", "eos_token_id": 7,
+                   "transformers_version": "0.0.1"})
+    (tuned / "config.json").write_text(json.dumps(dict(reversed(list(config.items()))), indent=1))
+    run = subprocess.run([sys.executable, "-c", _IMPORTS_PROBE, "--model", str(tuned), "--device", "cpu",
+                          "--top-percent", "50", "--output", "-"],
+                         cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
+    assert json.loads(run.stderr.strip().splitlines()[-1]) == {"code": 0, "imported": ["numpy"]}, run.stderr
+    assert "- model.layers." in run.stdout
+    assert len(list((tmp_path / "views" / "views").glob("*/*.json"))) == 1  # the base's view served both
+
+    config["num_hidden_layers"] = 1  # another model: another view, built
+    (tuned / "config.json").write_text(json.dumps(config))
+    other = run_cli("--model", str(tuned), "--device", "cpu", "--rescan", "--top-percent", "50", "--quiet",
+                    cwd=tmp_path, env=environment)
+    assert len(list((tmp_path / "views" / "views").glob("*/*.json"))) == 2, other.stderr
+
+
 def test_cached_run_imports_neither_torch_nor_transformers(tiny_llama_dir, tmp_path):
     """The cached path (scores, name check, YAML, summary) is pure Python: it answers in about a second.
     The name check still runs there, from the cached view of the model."""

@@ -1,6 +1,7 @@
 """YAML entries name what the trainer builds: MoE (per-expert and fused), a vision-language model,
 GPT-2, T5, checked against the model built on the meta device from its config."""
 
+import hashlib
 import json
 import re
 
@@ -207,6 +208,23 @@ def test_views_are_cached_by_transformers_config_and_names(checkpoints, tmp_path
 
     assert cached_view(str(config), names[:-1]) is not None  # other names: another entry
     assert len(list((tmp_path / "cache" / "views").glob("*/*.json"))) == 2
+
+
+def test_the_config_digest_leaves_out_names_dates_and_dtype_only():
+    from spectrum.trainer import CONFIG_KEYS_IGNORED, config_digest
+
+    base = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "num_hidden_layers": 2,
+            "vocab_size": 128, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "eos_token_id": 2}
+    digest = config_digest(json.dumps(base).encode())
+    tuned = dict(reversed(list(base.items())), _name_or_path="me/sft", torch_dtype="float32", eos_token_id=[2, 9],
+                 transformers_version="5.0.0", use_cache=False, pad_token_id=0, dtype="float16")
+    assert config_digest(json.dumps(tuned, indent=4).encode()) == digest
+    assert set(tuned) - set(base) <= CONFIG_KEYS_IGNORED
+    for key, value in (("num_hidden_layers", 3), ("vocab_size", 130), ("tie_word_embeddings", True),
+                       ("architectures", ["LlamaModel"]), ("rope_scaling", {"type": "linear", "factor": 2.0})):
+        assert config_digest(json.dumps(dict(base, **{key: value})).encode()) != digest, key
+    assert config_digest(b"not json") == hashlib.sha256(b"not json").hexdigest()
+    assert config_digest(b"[1, 2]") == hashlib.sha256(b"[1, 2]").hexdigest()
 
 
 def test_a_model_transformers_cannot_build_is_remembered_too(tmp_path, monkeypatch):
