@@ -111,6 +111,26 @@ def measure(cmd: list[str], *, cwd: Path, env: dict, timeout: float | None) -> d
 # ----------------------------------------------------------------------------------------------
 
 
+def fine_tune_of(folder: Path) -> Path:
+    """A stand-in for a fine-tune of the checkpoint in `folder`: a folder beside it with the same
+    weights (hard links) and its config.json under another `_name_or_path`, as a fine-tune's config
+    differs from its base's. Made once."""
+    tuned = folder.with_name(folder.name + "-finetune")
+    if (tuned / "config.json").is_file():
+        return tuned
+    staging = folder.with_name(folder.name + "-finetune.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    for entry in folder.iterdir():
+        if entry.is_file() and entry.name != "config.json":
+            os.link(entry, staging / entry.name)
+    config = json.loads((folder / "config.json").read_text())
+    config["_name_or_path"] = f"benchmark/{folder.name}-finetune"
+    (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    staging.rename(tuned)
+    return tuned
+
+
 def read_scores(path: Path) -> dict[str, tuple[float, str]]:
     data = json.loads(path.read_text())
     return {module: (float(entry["snr"]), entry["type"]) for module, entry in data.items()}
@@ -268,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-record", action="store_true", help="print the block, do not append it")
     parser.add_argument("--spectrum-arg", action="append", default=[], metavar="ARG",
                         help="one more argument for spectrum, e.g. --spectrum-arg=--no-check (repeatable)")
+    parser.add_argument("--fine-tune", action="store_true",
+                        help="time spectrum's first scan of a fine-tune of the case's model (its config's "
+                             "_name_or_path changed, weights linked) with the base model's name-check view "
+                             "cached, as after scanning the base once")
     parser.add_argument("--note", help="a line to add to the block (e.g. 'busy machine, smoke test')")
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -302,7 +326,14 @@ def main(argv: list[str] | None = None) -> int:
                PYTHONUNBUFFERED="1")
     percent_text = f"{args.top_percent:g}"
     device_args = ["--device", "cuda"] if device == "cuda" else []
-    spectrum_cmd = ["--model", str(folder), "--rescan", "--quiet", "--cache-dir", "{tmp}/cache",
+    scanned, seeded_views = folder, None
+    if args.fine_tune:
+        scanned = fine_tune_of(folder)
+        seeded_views = Path(tempfile.mkdtemp(prefix="spectrum-bench-views-"))
+        subprocess.run([sys.executable, str(HERE / "_spectrum_child.py"), "--model", str(folder), "--quiet",
+                        "--cache-dir", str(seeded_views / "scores"), "--output", str(seeded_views / "x.yaml")] + device_args,
+                       env=dict(env, SPECTRUM_CACHE=str(seeded_views / "views")), check=True, stdout=subprocess.DEVNULL)
+    spectrum_cmd = ["--model", str(scanned), "--rescan", "--quiet", "--cache-dir", "{tmp}/cache",
                     "--output", "{tmp}/x.yaml", "--threads", str(threads), "--top-percent", percent_text] + device_args + args.spectrum_arg
     baseline_cmd = [str(folder), "--threads", str(threads), "--out", "{tmp}/baseline.json"] + device_args
     tools = [("spectrum", [sys.executable, str(HERE / "_spectrum_child.py")] + spectrum_cmd)]
@@ -318,7 +349,10 @@ def main(argv: list[str] | None = None) -> int:
             tmp = Path(tempfile.mkdtemp(prefix=f"spectrum-bench-{tool}-"))
             try:
                 cmd = [part.replace("{tmp}", str(tmp)) for part in template]
-                # A cache of trainer views of its own per run: each run is a model's first scan.
+                # A cache of trainer views of its own per run: each run is a model's first scan (of a
+                # fine-tune, with the base's view: a copy of that cache).
+                if seeded_views is not None and tool == "spectrum":
+                    shutil.copytree(seeded_views / "views", tmp / "views")
                 result = measure(cmd, cwd=tmp, env=dict(env, SPECTRUM_CACHE=str(tmp / "views")), timeout=args.timeout)
                 result.update({"tool": tool, "repeat": repeat + 1})
                 runs.append(result)
@@ -340,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     load_after = os.getloadavg()
+    if seeded_views is not None:
+        shutil.rmtree(seeded_views, ignore_errors=True)
 
     spectrum_runs = [r for r in runs if r["tool"] == "spectrum"]
     baseline_runs = [r for r in runs if r["tool"] == "baseline"]
@@ -400,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- checkpoint: `{shown([str(folder)])}`: {len(files)} file(s), {info['bytes'] / 1e9:.3f} GB bf16, "
         f"{info['parameters'] / 1e6:,.1f} M parameters; page cache {warm}",
         f"- device {device}, {threads} threads, {args.repeats} repeat(s), alternating spectrum/baseline",
+        *([f"- fine-tune: spectrum scans `{shown([str(scanned)])}` (the same weights, linked; config.json's "
+           f"_name_or_path changed) with the base model's name-check view cached"] if args.fine_tune else []),
         f"- spectrum: `spectrum {shown(spectrum_cmd)}` (via benchmarks/_spectrum_child.py)",
         f"- baseline: `python3 benchmarks/baseline.py {shown(baseline_cmd)}`"
         + ("" if run_baseline else f" — not run: {skip_reason}"),
