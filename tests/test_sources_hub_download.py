@@ -68,6 +68,26 @@ def test_no_keep_shards_deletes_what_it_downloaded(hub, tmp_path):
     assert len(list((cache / "models--org--tiny" / "blobs").iterdir())) == 2, "only the index and config are left"
 
 
+def test_no_keep_shards_keeps_contents_another_snapshot_shares(tmp_path, tiny_llama_dir):
+    """`main` moved to a commit whose shards are unchanged: the cache links the blobs the user
+    already has into the new snapshot instead of fetching them, so they are not the scan's to delete."""
+    root = tmp_path / "hub"
+    shutil.copytree(tiny_llama_dir, root / "org" / "tiny")
+    cache = tmp_path / "cache"
+    old, new = "a" * 40, "b" * 40
+    with FakeHub(root, old) as server:
+        kept = run_cli("--model", "org/tiny", "--quiet", "--cache-dir", "first", cwd=tmp_path, env=online_env(cache, server.endpoint))
+        assert kept.returncode == 0, kept.stderr
+    with FakeHub(root, new) as server:
+        again = run_cli("--model", "org/tiny", "--quiet", "--no-keep-shards", "--cache-dir", "second", cwd=tmp_path,
+                        env=online_env(cache, server.endpoint))
+        assert again.returncode == 0, again.stderr
+        assert not [path for path in server.full_downloads() if path.endswith(".safetensors")]
+    old_snapshot = cache / "models--org--tiny" / "snapshots" / old
+    assert all((old_snapshot / shard).is_file() for shard in SHARDS), "the earlier snapshot's shards still resolve"
+    assert load_json(tmp_path / "second" / "snr_results_org-tiny.json") == load_json(tmp_path / "first" / "snr_results_org-tiny.json")
+
+
 def test_unknown_and_gated_repos(hub, tmp_path):
     env = online_env(tmp_path / "cache", hub.endpoint)
     unknown = run_cli("--model", "org/nothing", cwd=tmp_path, env=env)

@@ -43,7 +43,7 @@ class HubSource(ShardedSafetensors):
     scan can start before any shard is downloaded; `prefetch` downloads the next shard in the
     background while the current one is scanned. With `keep_shards=False`, shards this scan
     downloaded itself are deleted from the cache once scanned (shards that were already
-    cached are never touched).
+    cached, for this commit or as the same contents under another one, are never touched).
     """
 
     def __init__(self, repo_id: str, *, revision: str | None = None, keep_shards: bool = True) -> None:
@@ -95,6 +95,7 @@ class HubSource(ShardedSafetensors):
         except _Missing:
             pass
         already_cached = self._cached_path(SINGLE_FILE) is not None
+        blobs_before = self._blob_names()
         try:
             path = self._download(SINGLE_FILE)
         except _Missing as err:
@@ -110,7 +111,7 @@ class HubSource(ShardedSafetensors):
                 "only safetensors checkpoints are supported so far",
                 model=self.repo_id,
             ) from err
-        if not already_cached:
+        if not already_cached and self._new_blob(path, blobs_before):
             self._downloaded_here.add(SINGLE_FILE)
         self._sizes[SINGLE_FILE] = os.path.getsize(path)
         done: Future = Future()
@@ -129,8 +130,33 @@ class HubSource(ShardedSafetensors):
         path = try_to_load_from_cache(self.repo_id, shard, revision=self.commit or self.requested_revision)
         return path if isinstance(path, str) else None
 
+    def _blobs_dir(self) -> str:
+        """The repository's `blobs/` folder in the HF cache: the file contents that snapshots link to."""
+        from huggingface_hub import constants
+        from huggingface_hub.file_download import repo_folder_name
+
+        return os.path.join(constants.HF_HUB_CACHE, repo_folder_name(repo_id=self.repo_id, repo_type="model"), "blobs")
+
+    def _blob_names(self) -> frozenset[str]:
+        try:
+            return frozenset(os.listdir(self._blobs_dir()))
+        except OSError:
+            return frozenset()
+
+    def _new_blob(self, path: str, blobs_before: frozenset[str]) -> bool:
+        """Whether the file behind `path` is a blob that was not in the cache before this download.
+
+        The cache stores a file's contents once, shared by every snapshot that has it: a shard
+        unchanged since a commit the user downloaded before is linked, not fetched, and is theirs.
+        A file that is not a blob of this repository's cache (a copy where links are unsupported)
+        counts as theirs too: nothing is deleted unless this scan is known to have fetched it.
+        """
+        blob = os.path.realpath(path)
+        return os.path.dirname(blob) == os.path.realpath(self._blobs_dir()) and os.path.basename(blob) not in blobs_before
+
     def _fetch(self, shard: str) -> str:
         already_cached = self._cached_path(shard) is not None
+        blobs_before = self._blob_names()
         try:
             path = self._download(shard)
         except _Missing as err:
@@ -139,7 +165,7 @@ class HubSource(ShardedSafetensors):
                 + (" (offline and not cached)" if err.offline else " (missing from the repository)"),
                 model=self.repo_id,
             ) from err
-        if not already_cached:
+        if not already_cached and self._new_blob(path, blobs_before):
             self._downloaded_here.add(shard)
         self._sizes[shard] = os.path.getsize(path)
         return path
