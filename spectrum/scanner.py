@@ -356,4 +356,6 @@ def scan(
         provenance["matrices_per_rank"] = [len(part) for part, _ in parts]
     provenance["world_size"] = world.size
     provenance["model"] = model
+    if revision is not None and provenance["source"]["kind"] == "hub":
+        provenance["source"]["requested_revision"] = revision  # what a later run's --revision is compared with
     return Scores(model=model, entries=entries, meta=provenance)

@@ -199,8 +199,9 @@ def stale_reason(meta: dict, model: str, revision: str | None = None) -> str | N
 
     A local folder is compared by shard names and sizes, listed without reading any weights. A
     Hub id is compared by commit, when the local Hugging Face cache says which commit `revision`
-    (default `main`) points to; the Hub itself is not asked. A cache without provenance (made
-    elsewhere), or whose weights are gone, cannot be checked and is trusted.
+    (default `main`) points to; the Hub itself is not asked. A `revision` the cache cannot resolve
+    must be the one the scores were made for (or a short hash of their commit). A cache without
+    provenance (made elsewhere), or whose weights are gone, cannot be checked and is trusted.
     """
     source = meta.get("source")
     if not isinstance(source, dict):
@@ -208,12 +209,26 @@ def stale_reason(meta: dict, model: str, revision: str | None = None) -> str | N
     expanded = os.path.expanduser(model)
     if os.path.exists(expanded):
         return _shards_changed(source.get("shards"), _local_shards(expanded))
+    if source.get("kind") != "hub":
+        return None
     commit = _cached_commit(model, revision)
     recorded = source.get("revision")
-    if commit and source.get("kind") == "hub" and isinstance(recorded, str) and recorded != commit:
+    if commit and isinstance(recorded, str) and recorded != commit:
         return (f"they are for commit {recorded[:12]}, and {revision or 'main'} is now commit {commit[:12]} "
                 "in the Hugging Face cache")
+    if commit is None and revision is not None and not _names_commit(revision, recorded):
+        asked_then = source.get("requested_revision")  # None: main (or a file made before it was recorded)
+        if asked_then != revision:
+            return (f"they are for {asked_then or 'main'}"
+                    + (f" (commit {recorded[:12]})" if isinstance(recorded, str) else "")
+                    + f", and --revision {revision} is not known to the Hugging Face cache")
     return None
+
+
+def _names_commit(revision: str, recorded: object) -> bool:
+    """Whether `revision` is the recorded commit, or a short hash of it (7 hex digits or more)."""
+    return (isinstance(recorded, str) and len(revision) >= 7 and re.fullmatch(r"[0-9a-f]+", revision) is not None
+            and recorded.startswith(revision))
 
 
 def _local_shards(path: str) -> list[ShardInfo] | None:

@@ -254,6 +254,39 @@ class TestValidity:
         assert second.scanned and second.scores.meta["source"]["revision"] == newer
         assert not load_or_scan("org/tiny-llama", cache_dir=str(cache), device="cpu", threads=1).scanned
 
+    def test_a_revision_the_hf_cache_cannot_resolve_must_be_the_one_scanned(self, tmp_path, monkeypatch, caplog,
+                                                                             tiny_llama_dir):
+        """Scores of `main` do not answer `--revision v2.0` when the HF cache has no ref for it: they are
+        reported and the scan runs (offline here, so it fails: nothing is claimed for v2.0). Scores
+        made for v2.0 answer v2.0 again; a short hash of the scanned commit is that commit."""
+        from huggingface_hub import constants
+
+        from spectrum.errors import SourceError
+
+        hub = build_hf_cache(tmp_path / "hf", "org/tiny-llama", tiny_llama_dir)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+        cache = str(tmp_path / "cache")
+        first = load_or_scan("org/tiny-llama", cache_dir=cache, device="cpu", threads=1)
+        assert "requested_revision" not in first.scores.meta["source"]
+        assert not load_or_scan("org/tiny-llama", revision=COMMIT[:7], cache_dir=cache, device="cpu", threads=1).scanned
+        with caplog.at_level(logging.WARNING, logger="spectrum"), pytest.raises(SourceError):
+            load_or_scan("org/tiny-llama", revision="v2.0", cache_dir=cache, device="cpu", threads=1)
+        assert caplog.messages == [
+            f"{first.cache_file}: cached scores are out of date (they are for main (commit {COMMIT[:12]}), and "
+            "--revision v2.0 is not known to the Hugging Face cache); scanning again"
+        ]
+
+        (hub / "models--org--tiny-llama" / "refs" / "v2.0").write_text(COMMIT)  # now the cache knows v2.0
+        tagged = load_or_scan("org/tiny-llama", revision="v2.0", cache_dir=cache, device="cpu", threads=1, rescan=True)
+        assert tagged.scores.meta["source"]["requested_revision"] == "v2.0"
+        (hub / "models--org--tiny-llama" / "refs" / "v2.0").unlink()  # and forgets it again
+        assert not load_or_scan("org/tiny-llama", revision="v2.0", cache_dir=cache, device="cpu", threads=1).scanned
+        meta = {"source": {"kind": "hub", "revision": COMMIT, "requested_revision": "v2.0"}}
+        assert stale_reason(meta, "org/not-cached", "v2.0") is None
+        assert "they are for v2.0" in stale_reason(meta, "org/not-cached", "v3.0")
+        assert "they are for main" in stale_reason({"source": {"kind": "hub", "revision": COMMIT}}, "org/not-cached", "dev")
+
     def test_what_cannot_be_checked_is_trusted(self, tmp_path):
         meta = {"source": {"kind": "local", "shards": [{"name": "model.safetensors", "size": 1}]}}
         assert stale_reason({}, str(tmp_path)) is None  # made elsewhere: no provenance
