@@ -7,6 +7,7 @@ sidecar. Every write goes to a temporary file first and is renamed into place.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -68,11 +69,22 @@ def scores_to_json(entries: dict[str, ModuleScore]) -> str:
     return json.dumps(payload, indent=4) + "\n"
 
 
+SIDECAR_MISMATCH = "sidecar_mismatch"  # the meta of scores whose sidecar describes another scores file
+
+
+def _text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def write_scores(path: str, scores: Scores) -> None:
-    """Write the scores file and, when provenance is known, its sidecar."""
-    atomic_write_text(path, scores_to_json(scores.entries))
+    """Write the scores file and, when provenance is known, its sidecar, which records the scores
+    text's SHA-256: the two are replaced one after the other, and a sidecar left from before (the
+    second write failed) is then known not to describe the new scores."""
+    text = scores_to_json(scores.entries)
+    atomic_write_text(path, text)
     if scores.meta:
-        atomic_write_text(meta_path(path), json.dumps(scores.meta, indent=2, sort_keys=True) + "\n")
+        meta = dict(scores.meta, scores_sha256=_text_digest(text))
+        atomic_write_text(meta_path(path), json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
 def parse_scores(text: str, path: str = "<scores>") -> dict[str, ModuleScore]:
@@ -112,7 +124,8 @@ def _is_number(value: object) -> bool:
 
 
 def read_scores(path: str, model: str) -> Scores:
-    """Read a scores file (and its sidecar, if present)."""
+    """Read a scores file (and its sidecar, if present). A sidecar that records another scores text
+    gives the meta `{SIDECAR_MISMATCH: True}`."""
     try:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
@@ -120,7 +133,12 @@ def read_scores(path: str, model: str) -> Scores:
         raise CacheError(path, "scores file is not UTF-8 text; delete it or rerun with --rescan") from err
     except OSError as err:
         raise CacheError(path, f"cannot read scores file ({err.strerror})") from err
-    return Scores(model=model, entries=parse_scores(text, path), meta=read_meta(meta_path(path)))
+    entries = parse_scores(text, path)
+    meta = read_meta(meta_path(path))
+    recorded = meta.get("scores_sha256")
+    if isinstance(recorded, str) and recorded != _text_digest(text):
+        meta = {SIDECAR_MISMATCH: True}  # its provenance is another file's: none of it applies
+    return Scores(model=model, entries=entries, meta=meta)
 
 
 def read_meta(path: str) -> dict:

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from .cache import read_scores, scores_path, write_scores
+from .cache import SIDECAR_MISMATCH, read_scores, scores_path, write_scores
 from .distributed import World
 from .errors import SpectrumError
 from .journal import PartialScan, ScanInterrupted, partial_path
@@ -183,6 +183,8 @@ def _plan(cache_file: str, model: str, *, revision: str | None, type_filter: Typ
     if not os.path.exists(cache_file):
         return _Plan(wanted=type_filter)
     cached = read_scores(cache_file, model)
+    if cached.meta.get(SIDECAR_MISMATCH):
+        return _Plan(wanted=type_filter, stale="their sidecar describes other scores (a write was cut short)")
     if cached.meta.get("threshold", DEFAULT_THRESHOLD) != threshold:
         return _Plan(wanted=type_filter)
     reason = stale_reason(cached.meta, model, revision)

@@ -1,11 +1,12 @@
 """The scores file Axolotl reads, both layouts on read, the sidecar, and atomic writes."""
 
+import hashlib
 import json
 import os
 
 import pytest
 
-from spectrum.cache import atomic_write_text, meta_path, parse_scores, read_scores, scores_path, write_scores
+from spectrum.cache import SIDECAR_MISMATCH, atomic_write_text, meta_path, parse_scores, read_scores, scores_path, write_scores
 from spectrum.errors import CacheError
 from spectrum.scores import ModuleScore, Scores
 
@@ -39,10 +40,24 @@ def test_exact_text_and_round_trip(tmp_path):
     )
     # Each value is exactly {"snr", "type"}; provenance lives only in the sidecar.
     assert all(set(value) == {"snr", "type"} for value in json.loads(path.read_text()).values())
-    assert json.loads((tmp_path / "cache" / "snr_results_org-m.meta.json").read_text()) == {"version": "x", "seconds": 1.5}
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()  # the sidecar names the scores text it describes
+    sidecar = {"version": "x", "seconds": 1.5, "scores_sha256": digest}
+    assert json.loads((tmp_path / "cache" / "snr_results_org-m.meta.json").read_text()) == sidecar
     again = read_scores(str(path), "org/m")
     assert again.entries == scores.entries and list(again.entries) == list(scores.entries)
-    assert again.meta == scores.meta
+    assert again.meta == sidecar
+
+
+def test_a_sidecar_of_other_scores_gives_no_provenance(tmp_path):
+    """The scores file is replaced first and the sidecar second: when the second write fails, the old
+    sidecar stays beside new scores, and must not vouch for them."""
+    path = tmp_path / "snr_results_m.json"
+    write_scores(str(path), Scores("m", {"a.0.b": ModuleScore(0.5, "b")}, meta={"threshold": "marchenko-pastur"}))
+    atomic_write_text(str(path), '{"a.0.b": {"snr": 0.0, "type": "b"}}\n')  # new scores, the sidecar write then failed
+    assert read_scores(str(path), "m").meta == {SIDECAR_MISMATCH: True}
+    meta_path_text = (tmp_path / "snr_results_m.meta.json").read_text()
+    (tmp_path / "snr_results_m.meta.json").write_text(meta_path_text.replace('"scores_sha256"', '"other"'))
+    assert read_scores(str(path), "m").meta["threshold"] == "marchenko-pastur"  # an older sidecar, without a digest: trusted
 
 
 def test_float_values_round_trip_exactly(tmp_path):

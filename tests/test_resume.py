@@ -7,6 +7,7 @@ uninterrupted scan writes.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import signal
@@ -253,6 +254,20 @@ class TestValidity:
         ]
         assert second.scanned and second.scores.meta["source"]["revision"] == newer
         assert not load_or_scan("org/tiny-llama", cache_dir=str(cache), device="cpu", threads=1).scanned
+
+    def test_scores_their_sidecar_does_not_describe_are_rescanned(self, tmp_path, caplog, tiny_llama_dir):
+        cache = str(tmp_path / "cache")
+        first = load_or_scan(str(tiny_llama_dir), cache_dir=cache, device="cpu", threads=1)
+        with open(first.cache_file, encoding="utf-8") as handle:
+            other = json.load(handle)
+        other[next(iter(other))]["snr"] = 0.123  # other scores, as a cut-short rescan leaves them
+        with open(first.cache_file, "w", encoding="utf-8") as handle:
+            json.dump(other, handle, indent=4)
+        with caplog.at_level(logging.WARNING, logger="spectrum"):
+            second = load_or_scan(str(tiny_llama_dir), cache_dir=cache, device="cpu", threads=1)
+        assert caplog.messages == [f"{first.cache_file}: cached scores are out of date (their sidecar describes other "
+                                   "scores (a write was cut short)); scanning again"]
+        assert second.scanned and second.scores.entries == first.scores.entries
 
     def test_a_revision_the_hf_cache_cannot_resolve_must_be_the_one_scanned(self, tmp_path, monkeypatch, caplog,
                                                                              tiny_llama_dir):
