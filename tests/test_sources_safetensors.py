@@ -334,6 +334,13 @@ def test_overlapping_tensors(tmp_path):
     expect_corrupt(write_raw(tmp_path / "overlap.safetensors", header, b"\0" * 12), "tensors a and b overlap")
 
 
+def test_a_tensor_named_twice_in_a_header(tmp_path):
+    a = '{"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}'
+    b = '{"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}'
+    raw = f'{{"w": {a}, "w": {b}}}'.encode()  # JSON allows it; json.loads would keep the second silently
+    expect_corrupt(write_raw(tmp_path / "twice.safetensors", raw, b"\0" * 16), "header names tensor w twice")
+
+
 def test_identical_ranges_overlap(tmp_path):
     header = {
         "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
@@ -440,6 +447,36 @@ def test_index_naming_a_missing_shard(tmp_path, tiny_llama_dir):
         open_source(str(model))
     assert not isinstance(caught.value, CorruptCheckpointError)
     assert victim in str(caught.value) and "missing" in str(caught.value)
+    expect_cli_failure(model, str(caught.value))
+
+
+def test_index_mapping_tensors_no_shard_holds(tmp_path, tiny_llama_dir):
+    """A shard replaced by another save (with fewer tensors) under the same name: the index still maps
+    the tensors it lost, and a scan would silently leave those layers out."""
+    model = _copy(tiny_llama_dir, tmp_path / "model")
+    weight_map = json.loads((model / INDEX_FILE).read_text())["weight_map"]
+    victim = sorted(set(weight_map.values()))[-1]
+    kept = load_file(str(model / victim))
+    lost = sorted(kept)[1:]
+    save_file({name: kept[name] for name in sorted(kept)[:1]}, str(model / victim))
+    with pytest.raises(CorruptCheckpointError) as caught:
+        open_source(str(model)).tensors()
+    message = str(caught.value)
+    assert message.startswith(f"{model / INDEX_FILE}: it maps {len(lost)} tensor(s) that no shard holds ({lost[0]}, ")
+    assert f"the first should be in {victim})" in message
+    expect_cli_failure(model, message)
+
+
+def test_a_tensor_stored_in_two_shards(tmp_path, tiny_llama_dir):
+    model = _copy(tiny_llama_dir, tmp_path / "model")
+    first, second = sorted(p.name for p in model.glob("*.safetensors"))[:2]
+    stray = sorted(load_file(str(model / first)))[0]
+    both = load_file(str(model / second))
+    both[stray] = torch.zeros(2, 2)  # another value under a name the first shard holds
+    save_file(both, str(model / second))
+    with pytest.raises(CorruptCheckpointError) as caught:
+        open_source(str(model)).tensors()
+    assert str(caught.value).startswith(f"{model / second}: tensor {stray} is stored in {first} as well")
     expect_cli_failure(model, str(caught.value))
 
 

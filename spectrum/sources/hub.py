@@ -25,7 +25,7 @@ from huggingface_hub.errors import (
 from ..errors import SourceError
 from .base import ShardInfo, SourceDescription, TensorInfo
 from .quantized import read_config
-from .safetensors import INDEX_FILE, SINGLE_FILE, SafetensorsFile, ShardedSafetensors, shards_from_index
+from .safetensors import INDEX_FILE, SINGLE_FILE, SafetensorsFile, ShardedSafetensors, index_weight_map, shards_of
 
 
 class _Missing(Exception):
@@ -56,7 +56,7 @@ class HubSource(ShardedSafetensors):
         self._sizes: dict[str, int] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spectrum-download")
-        super().__init__(self._resolve_shards())
+        super().__init__(*self._resolve_shards())
 
     def _download(self, filename: str) -> str:
         """Local path of one repository file, fetched into the HF cache if needed."""
@@ -89,11 +89,15 @@ class HubSource(ShardedSafetensors):
         self.commit = self.commit or _commit_of(path)
         return path
 
-    def _resolve_shards(self) -> list[str]:
+    def _resolve_shards(self) -> tuple[list[str], dict[str, str] | None]:
+        """(shard names, the index's weight map or None for a single file)."""
         try:
-            return shards_from_index(self._download(INDEX_FILE))
+            index_path = self._download(INDEX_FILE)
         except _Missing:
             pass
+        else:
+            weight_map = index_weight_map(index_path)
+            return shards_of(weight_map, index_path), weight_map
         already_cached = self._cached_path(SINGLE_FILE) is not None
         blobs_before = self._blob_names()
         try:
@@ -117,7 +121,7 @@ class HubSource(ShardedSafetensors):
         done: Future = Future()
         done.set_result(path)
         self._downloads[SINGLE_FILE] = done
-        return [SINGLE_FILE]
+        return [SINGLE_FILE], None
 
     def _config(self) -> dict | None:
         """`config.json` of the repository (fetched only for FP8 weights, which need its block size)."""

@@ -129,7 +129,9 @@ def _parse_header(path: str, shard: str, size: int) -> dict[str, _Entry]:
             raise CorruptCheckpointError(path, f"header claims {header_bytes} bytes but the file has {size} (truncated)")
         raw = handle.read(header_bytes)
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except _DuplicateKey as err:
+        raise CorruptCheckpointError(path, f"header names tensor {err.key} twice") from err
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CorruptCheckpointError(path, f"header is not valid JSON ({err})") from err
     except RecursionError as err:
@@ -163,6 +165,22 @@ def _parse_header(path: str, shard: str, size: int) -> dict[str, _Entry]:
     return {entry.info.name: entry for entry in ordered}
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object that names no key twice (json's default keeps the last silently)."""
+    result: dict = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
 def _check_spec(path: str, name: str, spec: object) -> tuple[str, tuple[int, ...], int, int]:
     if not isinstance(spec, dict):
         raise CorruptCheckpointError(path, f"tensor {name} has no dtype/shape/offsets entry")
@@ -188,8 +206,9 @@ class ShardedSafetensors(TensorSource):
 
     reads_arrays = True
 
-    def __init__(self, shard_names: list[str]) -> None:
+    def __init__(self, shard_names: list[str], weight_map: dict[str, str] | None = None) -> None:
         self.shard_names = shard_names
+        self.weight_map = weight_map  # the index's tensor -> shard, when there is an index
         self._files: dict[str, SafetensorsFile] = {}
         self._listing: dict[str, TensorInfo] | None = None
         self._fp8_block: tuple[int, int] | None = None
@@ -214,8 +233,33 @@ class ShardedSafetensors(TensorSource):
         if self._listing is None:
             infos = [info for shard in self.shard_names for info in self._shard_tensors(shard)]
             refuse_packed_tensors([info.name for info in infos], self.describe().location)
-            self._listing = {info.name: info for info in infos}
+            listing: dict[str, TensorInfo] = {}
+            for info in infos:
+                if info.name in listing:
+                    raise CorruptCheckpointError(
+                        self._shard_location(info.shard),
+                        f"tensor {info.name} is stored in {listing[info.name].shard} as well; the shards do not belong together",
+                    )
+                listing[info.name] = info
+            self._check_index(listing)
+            self._listing = listing
         return list(self._listing.values())
+
+    def _shard_location(self, shard: str) -> str:
+        return os.path.join(self.describe().location, shard)
+
+    def _check_index(self, listing: dict[str, TensorInfo]) -> None:
+        """Every tensor the index maps must be in some shard (a shard replaced by another save drops them)."""
+        if not self.weight_map:
+            return
+        missing = [name for name in self.weight_map if name not in listing]
+        if missing:
+            shard = self.weight_map[missing[0]]
+            raise CorruptCheckpointError(
+                self._shard_location(INDEX_FILE),
+                f"it maps {len(missing)} tensor(s) that no shard holds ({', '.join(missing[:3])}"
+                f"{', ...' if len(missing) > 3 else ''}; the first should be in {shard})",
+            )
 
     def shard_order(self) -> list[str]:
         return list(self.shard_names)
@@ -252,8 +296,8 @@ class ShardedSafetensors(TensorSource):
 class LocalSafetensorsSource(ShardedSafetensors):
     """A local folder (`model.safetensors.index.json`, or every `*.safetensors`) or one file."""
 
-    def __init__(self, root: str, shard_names: list[str]) -> None:
-        super().__init__(shard_names)
+    def __init__(self, root: str, shard_names: list[str], weight_map: dict[str, str] | None = None) -> None:
+        super().__init__(shard_names, weight_map)
         self.root = root
 
     @classmethod
@@ -264,9 +308,10 @@ class LocalSafetensorsSource(ShardedSafetensors):
             return cls(os.path.dirname(os.path.abspath(path)), [os.path.basename(path)])
         index_path = os.path.join(path, INDEX_FILE)
         if os.path.isfile(index_path):
-            shard_names = shards_from_index(index_path)
+            weight_map = index_weight_map(index_path)
+            shard_names = shards_of(weight_map, index_path)
             require_shards(path, shard_names, index_path)
-            return cls(path, shard_names)
+            return cls(path, shard_names, weight_map)
         shard_names = sorted(name for name in os.listdir(path) if name.endswith(".safetensors"))
         if not shard_names:
             others = [name for name in os.listdir(path) if name.endswith((".bin", ".gguf", ".pt", ".pth"))]
@@ -295,8 +340,8 @@ def require_shards(folder: str, shard_names: list[str], index_path: str) -> None
         )
 
 
-def shards_from_index(index_path: str) -> list[str]:
-    """Shard file names from a `model.safetensors.index.json`, sorted (`model-00001-of-00004...` first)."""
+def index_weight_map(index_path: str) -> dict[str, str]:
+    """The `weight_map` (tensor -> shard file) of a `model.safetensors.index.json`, checked."""
     try:
         with open(index_path, encoding="utf-8") as handle:
             index = json.load(handle)
@@ -305,6 +350,18 @@ def shards_from_index(index_path: str) -> list[str]:
             raise TypeError("weight_map is not an object of file names")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
         raise CorruptCheckpointError(index_path, f"not a valid safetensors index ({err})") from err
+    except RecursionError as err:
+        raise CorruptCheckpointError(index_path, "not a valid safetensors index (nested too deeply)") from err
+    return weight_map
+
+
+def shards_from_index(index_path: str) -> list[str]:
+    """Shard file names from a `model.safetensors.index.json`, sorted (`model-00001-of-00004...` first)."""
+    return shards_of(index_weight_map(index_path), index_path)
+
+
+def shards_of(weight_map: dict[str, str], index_path: str) -> list[str]:
+    """The shard file names a weight map names, sorted, each checked to stay inside the model folder."""
     names = sorted(set(weight_map.values()))
     if not names:
         raise CorruptCheckpointError(index_path, "weight_map names no tensor and no shard")
