@@ -115,6 +115,18 @@ def test_hub_id_not_in_the_cache_while_offline(tmp_path, hub_cache):
     assert list(tmp_path.iterdir()) == []  # no scores file, no sidecar, no YAML
 
 
+def test_a_shard_not_cached_while_offline(tmp_path, tiny_llama_dir):
+    cache = build_hf_cache(tmp_path / "hf", "org/tiny", tiny_llama_dir)
+    snapshot = cache / "models--org--tiny" / "snapshots" / COMMIT
+    missing = sorted(path.name for path in snapshot.glob("*.safetensors"))[1]
+    (snapshot / missing).unlink()
+    work = tmp_path / "work"
+    work.mkdir()
+    line = assert_one_line_error(run_cli("--model", "org/tiny", "--quiet", cwd=work, env=offline_env(cache)), 1)
+    assert line == f"spectrum: error: org/tiny: shard {missing} named by its index could not be fetched (offline and not cached)"
+    assert list(work.iterdir()) == []
+
+
 def test_revision_with_a_local_path(tmp_path, hub_cache, tiny_llama_dir):
     result = run_cli(
         "--model", str(tiny_llama_dir), "--revision", COMMIT, "--quiet", cwd=tmp_path, env=offline_env(hub_cache)

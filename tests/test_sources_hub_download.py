@@ -88,6 +88,28 @@ def test_no_keep_shards_keeps_contents_another_snapshot_shares(tmp_path, tiny_ll
     assert load_json(tmp_path / "second" / "snr_results_org-tiny.json") == load_json(tmp_path / "first" / "snr_results_org-tiny.json")
 
 
+def test_a_shard_missing_or_broken_on_the_hub_is_one_line(tmp_path, tiny_llama_dir):
+    """Headers of shards not yet cached are read remotely: a shard the index names but the repository
+    lacks, and one whose header is not a safetensors header, fail like their local counterparts."""
+    import struct
+
+    root = tmp_path / "hub"
+    for repo in ("missing", "corrupt"):
+        shutil.copytree(tiny_llama_dir, root / "org" / repo)
+    (root / "org" / "missing" / SHARDS[1]).unlink()
+    broken = root / "org" / "corrupt" / SHARDS[1]
+    broken.write_bytes(struct.pack("<Q", 10**6) + broken.read_bytes()[8:])  # a length beyond the file
+    with FakeHub(root, COMMIT) as server:
+        for repo, expected in (("missing", f"org/missing: shard {SHARDS[1]} named by its index could not be fetched "
+                                           "(missing from the repository)"),
+                               ("corrupt", f"org/corrupt/{SHARDS[1]}: its header, read remotely, is not a safetensors header")):
+            result = run_cli("--model", f"org/{repo}", "--quiet", cwd=tmp_path, env=online_env(tmp_path / f"cache-{repo}", server.endpoint))
+            assert result.returncode == 1
+            assert result.stderr.startswith(f"spectrum: error: {expected}"), result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "model_snr_results").exists()
+
+
 def test_unknown_and_gated_repos(hub, tmp_path):
     env = online_env(tmp_path / "cache", hub.endpoint)
     unknown = run_cli("--model", "org/nothing", cwd=tmp_path, env=env)

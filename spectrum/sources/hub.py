@@ -20,9 +20,10 @@ from huggingface_hub.errors import (
     OfflineModeIsEnabled,
     RepositoryNotFoundError,
     RevisionNotFoundError,
+    SafetensorsParsingError,
 )
 
-from ..errors import SourceError
+from ..errors import CorruptCheckpointError, SourceError
 from .base import ShardInfo, SourceDescription, TensorInfo
 from .quantized import read_config
 from .safetensors import INDEX_FILE, SINGLE_FILE, SafetensorsFile, ShardedSafetensors, index_weight_map, shards_of
@@ -164,15 +165,18 @@ class HubSource(ShardedSafetensors):
         try:
             path = self._download(shard)
         except _Missing as err:
-            raise SourceError(
-                f"{self.repo_id}: shard {shard} named by its index could not be fetched"
-                + (" (offline and not cached)" if err.offline else " (missing from the repository)"),
-                model=self.repo_id,
-            ) from err
+            raise self._unfetchable(shard, err.offline) from err
         if not already_cached and self._new_blob(path, blobs_before):
             self._downloaded_here.add(shard)
         self._sizes[shard] = os.path.getsize(path)
         return path
+
+    def _unfetchable(self, shard: str, offline: bool) -> SourceError:
+        return SourceError(
+            f"{self.repo_id}: shard {shard} named by its index could not be fetched"
+            + (" (offline and not cached)" if offline else " (missing from the repository)"),
+            model=self.repo_id,
+        )
 
     def prefetch(self, shard: str) -> None:
         with self._lock:
@@ -187,7 +191,14 @@ class HubSource(ShardedSafetensors):
         """From the local header when the shard is cached, else from a remote read of the header alone."""
         if shard in self._files or self._cached_path(shard) is not None:
             return super()._shard_tensors(shard)
-        header = HfApi().parse_safetensors_file_metadata(self.repo_id, shard, revision=self.commit)
+        try:
+            header = HfApi().parse_safetensors_file_metadata(self.repo_id, shard, revision=self.commit)
+        except (LocalEntryNotFoundError, OfflineModeIsEnabled) as err:
+            raise self._unfetchable(shard, offline=True) from err
+        except EntryNotFoundError as err:
+            raise self._unfetchable(shard, offline=False) from err
+        except SafetensorsParsingError as err:
+            raise CorruptCheckpointError(f"{self.repo_id}/{shard}", f"its header, read remotely, is not a safetensors header ({err})") from err
         return [
             TensorInfo(name, info.dtype, tuple(info.shape), shard)
             for name, info in sorted(header.tensors.items(), key=lambda item: item[1].data_offsets[0])
