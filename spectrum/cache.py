@@ -95,6 +95,8 @@ def parse_scores(text: str, path: str = "<scores>") -> dict[str, ModuleScore]:
         payload = json.loads(text)
     except json.JSONDecodeError as err:
         raise CacheError(path, f"scores file is not valid JSON ({err.msg} at line {err.lineno}); delete it or rerun with --rescan") from err
+    except RecursionError as err:
+        raise CacheError(path, "scores file is JSON nested too deeply to hold scores; delete it or rerun with --rescan") from err
     if not isinstance(payload, dict) or not payload:
         raise CacheError(path, "scores file holds no scores; delete it or rerun with --rescan")
     entries: dict[str, ModuleScore] = {}
@@ -103,6 +105,8 @@ def parse_scores(text: str, path: str = "<scores>") -> dict[str, ModuleScore]:
             if not isinstance(value["type"], str):
                 raise CacheError(path, f"entry {key} has a non-text type; delete the file or rerun with --rescan")
             entries[key] = ModuleScore(float(value["snr"]), value["type"])
+        elif isinstance(value, dict) and isinstance(value.get("snr"), int) and not isinstance(value["snr"], bool):
+            raise CacheError(path, f"entry {key} has a score beyond a float's range; delete the file or rerun with --rescan")
         elif isinstance(value, dict) and all(_is_number(score) for score in value.values()):
             for module, score in value.items():  # sorted layout: key is the type
                 entries[module] = ModuleScore(float(score), key)
@@ -120,7 +124,14 @@ def parse_scores(text: str, path: str = "<scores>") -> dict[str, ModuleScore]:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A JSON number a float can hold (an integer beyond 1.8e308 cannot)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
 
 
 def read_scores(path: str, model: str) -> Scores:
@@ -146,7 +157,7 @@ def read_meta(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as handle:
             meta = json.load(handle)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return {}
     return meta if isinstance(meta, dict) else {}
 

@@ -163,12 +163,14 @@ def run(args: argparse.Namespace) -> int:
     for position, model in enumerate(models, start=1):
         try:
             record = run_model(args, model, top_percent, patterns, interactive=interactive, first=position == 1)
-        except (SpectrumError, OSError) as err:
+        except Exception as err:  # noqa: BLE001 - with several models, even a bug only fails its own model
             message = _message(err)
             if args.json:
                 _print_json({"model": model, "ok": False, "error": message})
             if isinstance(err, UsageError) or not several:
                 raise
+            if (args.debug or os.environ.get("SPECTRUM_DEBUG") == "1") and not isinstance(err, (SpectrumError, OSError)):
+                traceback.print_exc()
             failed.append(model)
             print_status(position, len(models), model, message.removeprefix(f"{model}: "), ok=False)
             continue
@@ -317,7 +319,14 @@ def _message(err: BaseException) -> str:
     if isinstance(err, OSError) and not isinstance(err, SpectrumError):
         where = f"{err.filename}: " if err.filename else ""
         return f"{where}{err.strerror or err}"
+    if not isinstance(err, SpectrumError):
+        return _unexpected(err)
     return str(err)
+
+
+def _unexpected(err: BaseException) -> str:
+    """The line for an exception no code path expects: a bug to report."""
+    return f"unexpected {type(err).__name__}: {err} (rerun with --debug and report it)"
 
 
 def _print_json(record: dict) -> None:
@@ -411,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{err.filename}: " if err.filename else ""
         return _fail(f"{where}{err.strerror or err}", 1, debug)
     except Exception as err:  # noqa: BLE001 - the last line of defence: one line, not a traceback
-        return _fail(f"unexpected {type(err).__name__}: {err} (rerun with --debug and report it)", 1, debug)
+        return _fail(_unexpected(err), 1, debug)
 
 
 def _fail(message: object, code: int, debug: bool) -> int:

@@ -253,7 +253,7 @@ def _shards_changed(recorded: object, current: list[ShardInfo] | None) -> str | 
     shard whose mtime changed is compared by its sampled digest (a copy of the same files is not stale)."""
     if current is None or not isinstance(recorded, list) or not recorded:
         return None
-    then = {entry.get("name"): entry for entry in recorded if isinstance(entry, dict)}
+    then = {entry["name"]: entry for entry in recorded if isinstance(entry, dict) and isinstance(entry.get("name"), str)}
     now = {shard.name: shard for shard in current}
     if set(then) != set(now):
         gone, new = sorted(set(then) - set(now), key=str), sorted(set(now) - set(then))

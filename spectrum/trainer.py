@@ -124,7 +124,7 @@ def config_digest(raw: bytes) -> str:
     JSON object."""
     try:
         config = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         config = None
     if not isinstance(config, dict):
         return hashlib.sha256(raw).hexdigest()

@@ -92,6 +92,27 @@ def test_malformed_cache_is_a_clear_error(text):
         parse_scores(text, "cache.json")
 
 
+DEEP = "[" * 100_000 + "]" * 100_000  # valid JSON that Python's parser cannot descend into
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    (DEEP, "nested too deeply"),
+    ('{"a.0.b": {"snr": 1' + "0" * 400 + ', "type": "b"}}', "entry a.0.b has a score beyond a float's range"),
+    ('{"b": {"a.0.b": 1' + "0" * 400 + "}}", "is neither"),
+])
+def test_hostile_numbers_and_nesting_are_a_clear_error(text, fragment):
+    with pytest.raises(CacheError, match="--rescan") as caught:
+        parse_scores(text, "cache.json")
+    assert fragment in str(caught.value)
+
+
+def test_a_sidecar_nested_too_deeply_is_no_provenance(tmp_path):
+    path = tmp_path / "snr_results_x.json"
+    write_scores(str(path), Scores("x", {"a.0.b": ModuleScore(0.5, "b")}, meta={"threshold": "marchenko-pastur"}))
+    (tmp_path / "snr_results_x.meta.json").write_text(DEEP)
+    assert read_scores(str(path), "x").meta == {}
+
+
 def test_unreadable_bytes(tmp_path):
     path = tmp_path / "snr_results_x.json"
     path.write_bytes(b"\xff\xfe\x00garbage")

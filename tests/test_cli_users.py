@@ -63,6 +63,33 @@ def test_several_models_json_and_a_failure(tiny_llama_dir, tmp_path):
     assert result.stderr.splitlines()[-1] == f"2 of 3 models done; failed: {missing}"
 
 
+def test_a_bug_with_one_model_fails_that_model_only(tiny_llama_dir, tmp_path, monkeypatch, capsys):
+    """The last line of defence, per model: an exception no code path expects (here raised on purpose
+    for the first model, as no known input raises one) is that model's failure line and JSON record;
+    the next model is still scanned and the run ends with its summary and exit code 1."""
+    from spectrum import cli
+
+    real = cli.run_model
+
+    def failing_first(args, model, *rest, **options):
+        if options.get("first"):
+            raise RuntimeError("a bug")
+        return real(args, model, *rest, **options)
+
+    monkeypatch.setattr(cli, "run_model", failing_first)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SPECTRUM_DEBUG", raising=False)
+    code = cli.main(["--model", str(tmp_path / "first"), "--model", str(tiny_llama_dir), "--json", "--no-check",
+                     "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 1 and "Traceback" not in captured.err
+    first, second = (json.loads(line) for line in captured.out.splitlines())
+    assert first == {"model": str(tmp_path / "first"), "ok": False,
+                     "error": "unexpected RuntimeError: a bug (rerun with --debug and report it)"}
+    assert second["ok"] and second["scanned"]
+    assert captured.err.splitlines()[-1] == f"1 of 2 models done; failed: {tmp_path / 'first'}"
+
+
 def test_several_models_to_stdout_quietly(minilm_dir, tiny_llama_dir, tmp_path):
     # stdin is not a terminal: --interactive says so once and the flags apply.
     result = subprocess.run(

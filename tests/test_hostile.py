@@ -114,6 +114,20 @@ def test_infinite_weights_are_left_out_by_name(tmp_path, monkeypatch, capsys):
     assert all(math.isfinite(entry["snr"]) for entry in scores.values())
 
 
+def test_a_config_nested_too_deeply_is_no_config(tmp_path, monkeypatch, capsys):
+    """A config.json Python's JSON parser cannot descend into (valid JSON all the same): the scan goes on
+    without it (no quantization hints, no name check), as for an unreadable config."""
+    model = tmp_path / "model"
+    model.mkdir()
+    save_file({f"model.layers.{i}.mlp.up_proj.weight": torch.randn(16, 8) for i in range(2)}, str(model / "model.safetensors"))
+    (model / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    code, errors = run_main(tmp_path, monkeypatch, capsys, "--model", str(model), "--name", "deep", "--quiet",
+                            "--device", "cpu")
+    assert code == 0 and errors == []
+    assert list(json.loads((tmp_path / "model_snr_results" / "snr_results_deep.json").read_text())) == [
+        "model.layers.0.mlp.up_proj", "model.layers.1.mlp.up_proj"]
+
+
 def test_a_cache_folder_that_is_a_file(tmp_path, monkeypatch, capsys):
     model = tmp_path / "model"
     model.mkdir()

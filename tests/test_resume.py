@@ -195,8 +195,7 @@ class TestValidity:
     def test_added_or_removed_shards_are_reported(self, tmp_path, caplog):
         model = self.two_shards(tmp_path / "model")
         scan_small(model, tmp_path / "cache")
-        save_small(model / "model-00003-of-00003.safetensors", layers=1, seed=4)
-        (model / "model-00002-of-00002.safetensors").unlink()
+        (model / "model-00002-of-00002.safetensors").rename(model / "model-00003-of-00003.safetensors")
         with caplog.at_level(logging.WARNING, logger="spectrum"):
             assert scan_small(model, tmp_path / "cache").scanned
         assert ("the weight files changed: model-00002-of-00002.safetensors gone, "
@@ -301,6 +300,12 @@ class TestValidity:
         assert stale_reason(meta, "org/not-cached", "v2.0") is None
         assert "they are for v2.0" in stale_reason(meta, "org/not-cached", "v3.0")
         assert "they are for main" in stale_reason({"source": {"kind": "hub", "revision": COMMIT}}, "org/not-cached", "dev")
+
+    def test_a_sidecar_edited_into_odd_shapes_means_a_rescan(self, tiny_llama_dir):
+        shards = sorted(path.name for path in tiny_llama_dir.glob("*.safetensors"))
+        odd = {"source": {"kind": "local", "shards": [{"name": [shards[0]], "size": 1}, "x", None]
+                          + [{"name": name} for name in shards[1:]]}}
+        assert stale_reason(odd, str(tiny_llama_dir)) == f"the weight files changed: {shards[0]} new"
 
     def test_what_cannot_be_checked_is_trusted(self, tmp_path):
         meta = {"source": {"kind": "local", "shards": [{"name": "model.safetensors", "size": 1}]}}

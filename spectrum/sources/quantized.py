@@ -63,7 +63,7 @@ def read_config(folder: str) -> dict | None:
     try:
         with open(path, encoding="utf-8") as handle:
             config = json.load(handle)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     return config if isinstance(config, dict) else None
 
