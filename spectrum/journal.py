@@ -141,8 +141,11 @@ class PartialScan:
             known = {}
         try:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-            if valid_bytes is not None and os.fstat(self._fd).st_size > valid_bytes:
+            size = os.fstat(self._fd).st_size
+            if valid_bytes is not None and size > valid_bytes:
                 os.ftruncate(self._fd, valid_bytes)  # drop a line cut short, so the next one starts clean
+            elif valid_bytes is not None and size < valid_bytes:
+                os.write(self._fd, b"\n")  # the header's own newline was cut off: the next line starts after it
         except OSError as err:
             raise CacheError(self.path, f"cannot write the partial scan ({err.strerror}); choose another --cache-dir") from err
         self.saved = self.resumed = len(known)

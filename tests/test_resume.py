@@ -114,6 +114,25 @@ class TestPartialFile:
         assert Path(outcome.cache_file).read_bytes() == Path(reference.cache_file).read_bytes()
         assert listing(cache) == ["snr_results_small.json", "snr_results_small.meta.json"]
 
+    def test_a_header_cut_before_its_newline_keeps_what_comes_after(self, tmp_path):
+        """A crash between the header's JSON and its newline: the next scan resumes it (no score yet),
+        and the scores it records are read back by the one after."""
+        model = save_small(tmp_path / "model.safetensors", layers=4)
+        description = open_source(str(model)).describe()
+        cache = tmp_path / "cache"
+        cache.mkdir()
+        journal = new_journal(cache)
+        journal.begin(description, "gram")
+        journal.close()
+        header = Path(journal.path).read_bytes()
+        Path(journal.path).write_bytes(header.rstrip(b"\n"))
+        again = new_journal(cache)
+        assert again.begin(description, "gram") == {}
+        again.record("model.layers.0.mlp.up_proj", ModuleScore(0.5, "mlp.up_proj"))
+        again.close()
+        assert Path(journal.path).read_bytes().startswith(header)
+        assert new_journal(cache).begin(description, "gram") == {"model.layers.0.mlp.up_proj": ModuleScore(0.5, "mlp.up_proj")}
+
     def test_a_partial_of_other_weights_is_reported_and_not_resumed(self, tmp_path, caplog):
         model = save_small(tmp_path / "model.safetensors", layers=3)
         cache = tmp_path / "cache"
