@@ -266,6 +266,7 @@ def scan_source(
                         compute_host if host else compute, workers=workers, on_results=on_results,
                         worker_setup=worker_setup)
     finally:
+        reader.stop()  # after a failure too: no read goes on while the caller closes the source
         if torch_threads is not None:
             torch.set_num_threads(torch_threads)
 

@@ -71,6 +71,30 @@ def test_reader_errors_reach_the_consumer():
         list(Reader(produce, depth=1))
 
 
+def test_a_failed_scan_leaves_no_reader_running(tmp_path, monkeypatch):
+    """A worker fails (a fault injected into the second matrix): by the time the error reaches the
+    caller, which closes the source next, the reader thread has stopped reading."""
+    import threading
+
+    from spectrum import scanner
+
+    save_file({f"model.layers.{i}.mlp.p.weight": torch.randn(64, 32) for i in range(40)}, str(tmp_path / "model.safetensors"))
+    calls = []
+    real = scanner.host_singular_values
+
+    def failing(matrix):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("a fault in a worker")
+        return real(matrix)
+
+    monkeypatch.setattr(scanner, "host_singular_values", failing)
+    with pytest.raises(RuntimeError, match="a fault in a worker") as caught:
+        scan_source(open_source(str(tmp_path)), device="cpu", threads=1)
+    assert not [thread for thread in threading.enumerate() if thread.name == "spectrum-reader" and thread.is_alive()]
+    del caught
+
+
 def test_threads_do_not_change_scores(tiny_llama_dir):
     one = scan(str(tiny_llama_dir), device="cpu", threads=1)
     two = scan(str(tiny_llama_dir), device="cpu", threads=2)
