@@ -51,8 +51,10 @@ class Journal(Protocol):
 
 
 def cpu_count() -> int:
-    """Cores this process may use."""
-    return len(os.sched_getaffinity(0))
+    """Cores this process may use (its CPU affinity on Linux; every core where there is none: macOS, Windows)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def cuda_ruled_out() -> bool:

@@ -123,6 +123,16 @@ def test_cuda_is_ruled_out_only_where_torch_finds_none():
         assert not cuda_ruled_out()
 
 
+def test_cores_are_counted_where_there_is_no_cpu_affinity(monkeypatch):
+    import os
+
+    from spectrum.scanner import cpu_count
+
+    assert cpu_count() == len(os.sched_getaffinity(0))
+    monkeypatch.delattr(os, "sched_getaffinity")  # as on macOS and Windows
+    assert cpu_count() == os.cpu_count()
+
+
 def test_cuda_streams_come_from_the_environment(monkeypatch):
     from spectrum.scanner import CUDA_STREAMS_ENV, cuda_streams
 
