@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .errors import UsageError
-from .host import NUMPY_EIGVALSH_BELOW, StoredArray, gram_matrix, values_from_gram
+from .host import NUMPY_EIGVALSH_BELOW, SAFE_EXPONENT, StoredArray, gram_matrix, values_from_gram
 
 
 def resolve_device(name: str) -> torch.device:
@@ -65,6 +65,36 @@ def singular_values(stack: torch.Tensor, *, method: str = "gram", device: torch.
         (N, min(m, n)) float64 on the CPU, each row descending.
     """
     device = device or stack.device
+    exponents = _extreme_exponents(stack)  # None for 16/32-bit floats and float64 of ordinary size
+    if exponents is None:
+        return _singular_values(stack, method, device)
+    values = _singular_values(_times_power_of_two(stack, -exponents), method, device)
+    return _times_power_of_two(values, exponents.cpu())
+
+
+def _extreme_exponents(stack: torch.Tensor) -> torch.Tensor | None:
+    """(N,) binary exponents of float64 matrices whose squares would leave float64's range, 0 for the
+    others (see `spectrum.host.extreme_exponent`); None when there is none."""
+    if stack.dtype != torch.float64 or stack.numel() == 0:
+        return None
+    largest = stack.abs().amax(dim=(-2, -1))  # (N,)
+    exponent = torch.frexp(largest).exponent.to(torch.int64)
+    extreme = (exponent.abs() > SAFE_EXPONENT) & (largest > 0) & torch.isfinite(largest)
+    if not bool(extreme.any()):
+        return None
+    return torch.where(extreme, exponent, torch.zeros_like(exponent))
+
+
+def _times_power_of_two(values: torch.Tensor, exponents: torch.Tensor) -> torch.Tensor:
+    """values[i] * 2^exponents[i], exactly: in two halves, so that no factor itself over- or underflows."""
+    shape = (-1,) + (1,) * (values.dim() - 1)
+    half = torch.div(exponents, 2, rounding_mode="floor")
+    for part in (half, exponents - half):
+        values = values * torch.exp2(part.to(values.dtype)).view(shape)
+    return values
+
+
+def _singular_values(stack: torch.Tensor, method: str, device: torch.device) -> torch.Tensor:
     if method == "gram" and device.type == "cpu":
         return torch.stack([_gram_values_cpu(matrix) for matrix in stack])  # (N, min(m, n))
     tall = _tall(stack.to(device)).to(torch.float64)  # (N, m', n') with m' >= n'

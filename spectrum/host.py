@@ -138,12 +138,34 @@ def singular_values(matrix: StoredArray) -> np.ndarray | None:
     Uses NumPy's `eigvalsh`: meant for k < NUMPY_EIGVALSH_BELOW, where it is the faster library
     (`spectrum.engine` takes torch's from there up). The caller limits OpenBLAS to one thread.
     """
-    if matrix.dtype == "F64" and not np.isfinite(matrix.values).all():
-        return None  # float64 squares could overflow: look at the entries themselves
+    if matrix.dtype == "F64":
+        if not np.isfinite(matrix.values).all():
+            return None  # float64 squares could overflow: look at the entries themselves
+        exponent = extreme_exponent(matrix.values)
+        if exponent:  # squares would leave float64's range: scale by a power of two, exactly
+            values = singular_values(StoredArray(np.ldexp(matrix.values, -exponent), "F64"))
+            if values is None:
+                return None
+            with np.errstate(over="ignore"):  # beyond float64: inf, and the scan leaves the matrix out
+                return np.ldexp(values, exponent)
     gram = gram_matrix(matrix)
     if not np.isfinite(np.diagonal(gram)).all():
         return None
     return values_from_gram(gram)
+
+
+SAFE_EXPONENT = 256  # float64 entries of magnitude 2^±256 and within square (and sum) well inside its range
+
+
+def extreme_exponent(values: np.ndarray) -> int:
+    """0, or the binary exponent e of a float64 matrix's largest |entry| when its squares would under- or
+    overflow float64 (|e| > SAFE_EXPONENT): the Gram route then works on the matrix times 2^-e
+    (exact) and multiplies the singular values by 2^e. The stored 16- and 32-bit floats never need it."""
+    largest = float(np.max(np.abs(values))) if values.size else 0.0
+    if largest == 0.0:
+        return 0
+    exponent = int(np.frexp(largest)[1])
+    return exponent if abs(exponent) > SAFE_EXPONENT else 0
 
 
 def values_from_gram(gram: np.ndarray) -> np.ndarray:

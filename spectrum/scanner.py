@@ -238,6 +238,8 @@ def scan_source(
         for matrix, score in batch_results:
             if score is None:
                 LOG.warning("%s has NaN or infinite entries; left out of the scores", matrix.info.name)
+            elif not math.isfinite(score):
+                LOG.warning("%s has singular values beyond float64's range; left out of the scores", matrix.info.name)
             else:
                 results[matrix.module] = ModuleScore(score, matrix.type)
                 if journal:

@@ -53,11 +53,17 @@ def scores_from_singular_values(singular_values, rows: int, cols: int, *, thresh
         threshold: "marchenko-pastur" (the reference's rule) or "gavish-donoho".
 
     Returns:
-        (N,) float64 scores, always finite.
+        (N,) float64 scores: finite, or NaN for a row whose singular values are not all finite
+        (no score: the caller leaves that matrix out).
     """
     if threshold not in THRESHOLDS:
         raise ValueError(f"threshold must be one of {', '.join(THRESHOLDS)}, not {threshold!r}")
     S = np.asarray(singular_values, dtype=np.float64)  # (N, k)
+    finite = np.isfinite(S).all(axis=1)  # (N,)
+    if not finite.all():
+        with np.errstate(invalid="ignore", over="ignore"):
+            scores = scores_from_singular_values(np.where(finite[:, None], S, 0.0), rows, cols, threshold=threshold)
+        return np.where(finite, scores, np.nan)
     largest = S[:, 0]  # (N,)
     if threshold == "gavish-donoho":
         median = np.quantile(S, 0.5, axis=1)  # (N,) interpolated (linear), as the reference's numpy median

@@ -106,3 +106,47 @@ def test_experts_index_the_stored_array():
     expert = StoredArray(fused, "F32")[1]
     assert expert.shape == (3, 4) and expert.dtype == "F32" and expert.nbytes == 48
     np.testing.assert_array_equal(expert.values, fused[1])
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-200, 1e-170, 1e160, 1e300])
+def test_float64_far_outside_the_squares_range_scores_exactly(scale, tmp_path):
+    """The Gram route squares the entries: float64 weights below about 1e-154 or above 1e154 are scaled
+    by a power of two first (exactly) on every route, where they used to score 0 or be left out."""
+    from safetensors.numpy import save_file
+
+    from spectrum.scanner import scan
+
+    matrix = constructed(40, 24, seed=3)["outlier-dominated"].astype(np.float64) * scale
+    expected = reference_score(matrix)
+    assert host.extreme_exponent(matrix) != 0
+    by_host = host.singular_values(StoredArray(matrix, "F64"))
+    assert scores_from_singular_values(by_host[None], 40, 24)[0] == pytest.approx(expected, rel=1e-9)
+    for method in ("gram", "svd"):
+        by_torch = singular_values(torch.from_numpy(matrix)[None], method=method)
+        assert scores_from_singular_values(by_torch, 40, 24)[0] == pytest.approx(expected, rel=1e-9), method
+    save_file({"model.layers.0.mlp.up_proj.weight": matrix}, str(tmp_path / "model.safetensors"))
+    scores = scan(str(tmp_path), device="cpu")
+    assert scores.entries["model.layers.0.mlp.up_proj"].snr == pytest.approx(expected, rel=1e-9)
+
+
+def test_ordinary_float64_is_not_rescaled():
+    for scale in (1e-60, 1.0, 1e60):
+        assert host.extreme_exponent(np.full((3, 2), scale)) == 0
+    assert host.extreme_exponent(np.zeros((3, 2))) == 0
+
+
+def test_singular_values_beyond_float64_are_left_out_by_name(tmp_path, caplog):
+    import logging
+
+    from safetensors.numpy import save_file
+
+    from spectrum.scanner import scan
+
+    huge = np.full((64, 32), 1e308)  # finite entries; the largest singular value is 4.5e309
+    save_file({"model.layers.0.mlp.up_proj.weight": huge, "model.layers.1.mlp.up_proj.weight": np.eye(64, 32)},
+              str(tmp_path / "model.safetensors"))
+    with caplog.at_level(logging.WARNING, logger="spectrum"):
+        scores = scan(str(tmp_path), device="cpu")
+    assert list(scores.entries) == ["model.layers.1.mlp.up_proj"]
+    assert caplog.messages == ["model.layers.0.mlp.up_proj.weight has singular values beyond float64's range; "
+                               "left out of the scores"]

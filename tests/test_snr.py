@@ -65,3 +65,12 @@ def test_matrix_reference_is_consistent():
     values = np.linspace(10, 1, 20)
     matrix = matrix_with_spectrum(values, 20, 50)
     assert reference_score(matrix) == pytest.approx(reference_score_from_values(values, 20, 50), rel=1e-10)
+
+
+def test_non_finite_singular_values_give_nan_not_a_score():
+    """A row whose singular values are not all finite has no score (NaN: the scanner leaves it out);
+    the other rows of the batch are scored as alone."""
+    good = np.array([3.0, 1.0, 0.5, 0.25])
+    batch = np.stack([good, [np.inf, 1.0, 0.5, 0.25], [np.nan, 1.0, 0.5, 0.25]])
+    scores = scores_from_singular_values(batch, 8, 4)
+    assert scores[0] == scores_from_singular_values(good[None], 8, 4)[0] and np.isnan(scores[1:]).all()
