@@ -95,6 +95,28 @@ def test_fp8_scores_equal_those_of_float32_weights(tmp_path, block, shards):
             assert tensor.dtype == torch.float32 and torch.equal(tensor, dequantized[info.name]), info.name
 
 
+def test_sharded_bin_fp8_with_its_scales_in_another_shard(tmp_path):
+    """The same two-shard layout as legacy `.bin` files: each weight's scale is found in the other shard."""
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "fp8"
+    write_fp8_checkpoint(folder, block=(128, 128), shards=2)
+    legacy = tmp_path / "fp8-bin"
+    legacy.mkdir()
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    renamed = {shard: shard.replace("model-", "pytorch_model-").replace(".safetensors", ".bin")
+               for shard in set(index["weight_map"].values())}
+    for shard, bin_name in renamed.items():
+        torch.save(load_file(str(folder / shard)), legacy / bin_name)
+    (legacy / "pytorch_model.bin.index.json").write_text(json.dumps(
+        {"weight_map": {name: renamed[shard] for name, shard in index["weight_map"].items()}}))
+    (legacy / "config.json").write_text((folder / "config.json").read_text())
+    from_bin = scan(str(legacy), device="cpu")
+    from_f32 = scan(str(tmp_path / "fp8-f32"), device="cpu")
+    assert len(from_bin.entries) == 2 * len(SHAPES)
+    assert from_bin.entries == from_f32.entries
+
+
 def test_scales_are_not_matrices_and_fp8_without_scale_is_left_out(tmp_path, caplog):
     folder = tmp_path / "fp8"
     write_fp8_checkpoint(folder, block=None, layers=1)

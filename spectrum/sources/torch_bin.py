@@ -100,16 +100,25 @@ class TorchBinSource(TensorSource):
         return list(self.shard_names)
 
     def read(self, shard: str, infos: list[TensorInfo]):
-        """As stored, except FP8 weights with a `*_scale_inv` in the same shard: dequantized, float32."""
+        """As stored, except FP8 weights with a `*_scale_inv` (in their shard or another one): dequantized, float32."""
         state = self._load(shard)
         block = None
         for info in infos:
             tensor = state[info.name]
-            scale = state.get(info.name + FP8_SCALE_SUFFIX)
-            if info.dtype in FP8_DTYPES and scale is not None:
+            scale = None
+            if info.dtype in FP8_DTYPES:
+                scale = state.get(info.name + FP8_SCALE_SUFFIX)
+                if scale is None:
+                    scale = self._tensor_elsewhere(info.name + FP8_SCALE_SUFFIX)
+            if scale is not None:
                 block = block or fp8_block_size(read_config(self.root))
                 tensor = dequantize_fp8(tensor, scale, block, name=info.name, path=os.path.join(self.root, shard))
             yield info, tensor
+
+    def _tensor_elsewhere(self, name: str):
+        """A tensor of another shard, by name (memory-mapped: only its bytes are read); None when no shard has it."""
+        found = next((info for info in self.tensors() if info.name == name), None)
+        return None if found is None else self._load(found.shard)[name]
 
     def describe(self) -> SourceDescription:
         shards = [local_shard(os.path.join(self.root, name), name) for name in self.shard_names]
