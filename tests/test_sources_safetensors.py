@@ -139,6 +139,24 @@ def test_source_reads_a_single_file_in_file_order(tmp_path):
     source.close()
 
 
+def test_a_shard_deleted_while_it_is_read_stays_readable(tmp_path):
+    """Another process (a `--no-keep-shards` scan of the same Hub cache, say) deletes the shard this
+    scan is reading: the file stays open from its first read until the shard is released."""
+    tensors = {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(8, 4) for i in range(3)}
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    source = open_source(str(tmp_path / "model.safetensors"))
+    reading = source.read("model.safetensors", source.tensors())
+    first_info, first = next(reading)
+    (tmp_path / "model.safetensors").unlink()
+    rest = list(reading)
+    assert [info.name for info, _ in [(first_info, first), *rest]] == list(tensors)
+    assert all(torch.equal(tensor, tensors[info.name]) for info, tensor in [(first_info, first), *rest])
+    handle = source._files["model.safetensors"]
+    source.release("model.safetensors")
+    assert handle._handle is None and "model.safetensors" not in source._files  # closed once released
+    source.close()
+
+
 def test_zero_size_tensor_sharing_its_offset_with_the_next_tensor(tmp_path):
     """A zero-size tensor listed after a non-empty one that starts at the same offset: valid for the
     safetensors library, and not an overlap (regression: it was reported as overlapping)."""

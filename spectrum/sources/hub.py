@@ -207,6 +207,8 @@ class HubSource(ShardedSafetensors):
     def release(self, shard: str) -> None:
         handle: SafetensorsFile | None = self._files.pop(shard, None)
         self._downloads.pop(shard, None)
+        if handle is not None:
+            handle.close()
         if self.keep_shards or shard not in self._downloaded_here or handle is None:
             return
         blob = os.path.realpath(handle.path)

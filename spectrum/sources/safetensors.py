@@ -11,6 +11,7 @@ import json
 import math
 import os
 import struct
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -83,6 +84,8 @@ class SafetensorsFile:
         self.shard = shard
         self.size = os.path.getsize(path)
         self.entries = _parse_header(path, shard, self.size)
+        self._handle = None  # opened at the first read, kept until `close`: a file deleted meanwhile stays readable
+        self._handle_lock = threading.Lock()
 
     def read(self, info: TensorInfo) -> torch.Tensor:
         """The tensor's bytes as a tensor of its stored dtype and shape."""
@@ -105,16 +108,24 @@ class SafetensorsFile:
         """The tensor's bytes, read whole."""
         entry = self.entries[info.name]
         buffer = bytearray(entry.nbytes)
-        with open(self.path, "rb", buffering=0) as handle:
-            handle.seek(entry.begin)
+        with self._handle_lock:
+            if self._handle is None:
+                self._handle = open(self.path, "rb", buffering=0)
+            self._handle.seek(entry.begin)
             view = memoryview(buffer)
             filled = 0
             while filled < entry.nbytes:
-                count = handle.readinto(view[filled:])
+                count = self._handle.readinto(view[filled:])
                 if not count:
                     raise CorruptCheckpointError(self.path, f"file ended inside tensor {info.name} (truncated)")
                 filled += count
         return buffer
+
+    def close(self) -> None:
+        with self._handle_lock:
+            if self._handle is not None:
+                self._handle.close()
+                self._handle = None
 
 
 def _parse_header(path: str, shard: str, size: int) -> dict[str, _Entry]:
@@ -289,7 +300,14 @@ class ShardedSafetensors(TensorSource):
         scale = (self._listing or {}).get(name)
         return None if scale is None else self._file(scale.shard).read(scale)
 
+    def release(self, shard: str) -> None:
+        handle = self._files.pop(shard, None)
+        if handle is not None:
+            handle.close()
+
     def close(self) -> None:
+        for handle in self._files.values():
+            handle.close()
         self._files.clear()
 
 
