@@ -36,15 +36,22 @@ class World:
 
 
 def join(world: World, device: str) -> str:
-    """Join the process group (gloo on CPU, NCCL on CUDA); returns this rank's device."""
+    """Join the process group; returns this rank's device (`cuda:<local rank>` for auto/cuda with GPUs).
+
+    The group is gloo's, on CUDA ranks too: the ranks only exchange their scores (a few kB of Python
+    objects) and a barrier, which NCCL would route through each rank's current GPU (cuda:0 for all
+    of them unless set) for no gain. A CUDA rank's current device is set to its own GPU all the same.
+    """
     if world.size == 1:
         return device
     import torch
     import torch.distributed as dist
 
     use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if use_cuda and torch.cuda.is_available() and world.local_rank < torch.cuda.device_count():
+        torch.cuda.set_device(world.local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="gloo")
     if use_cuda and device in ("auto", "cuda"):
         return f"cuda:{world.local_rank}"
     return device
