@@ -235,6 +235,20 @@ def test_folder_without_index_lists_every_file_sorted(tmp_path):
         assert torch.equal(tensor, torch.full((2, 2), float(position)))
 
 
+def test_a_folder_with_model_safetensors_scans_it_alone(tmp_path):
+    """Without an index transformers loads model.safetensors and nothing else: an adapter or a
+    consolidated copy saved beside it is not part of the model."""
+    model = tmp_path / "model"
+    model.mkdir()
+    save_file({"model.layers.0.mlp.up_proj.weight": torch.ones(4, 2)}, str(model / "model.safetensors"))
+    save_file({"base_model.model.model.layers.0.mlp.up_proj.lora_A.weight": torch.ones(2, 2)},
+              str(model / "adapter_model.safetensors"))
+    save_file({"layers.0.feed_forward.w3.weight": torch.ones(4, 2)}, str(model / "consolidated.safetensors"))
+    source = open_source(str(model))
+    assert source.shard_order() == ["model.safetensors"]
+    assert [info.name for info in source.tensors()] == ["model.layers.0.mlp.up_proj.weight"]
+
+
 def test_single_safetensors_file_path(minilm_dir):
     path = minilm_dir / "model.safetensors"
     source = open_source(str(path))

@@ -8,6 +8,7 @@ into a buffer of exactly its size, so memory stays at a few tensors whatever the
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import struct
@@ -57,6 +58,8 @@ def torch_dtype(name: str) -> "torch.dtype | None":
     entry = _DTYPE_TABLE.get(name)
     return getattr(torch, entry[0], None) if entry else None
 
+
+LOG = logging.getLogger("spectrum")
 
 def __getattr__(attribute: str):
     """`DTYPES`: safetensors dtype -> (torch dtype or None, bytes per element), built on first use."""
@@ -331,6 +334,13 @@ class LocalSafetensorsSource(ShardedSafetensors):
             require_shards(path, shard_names, index_path)
             return cls(path, shard_names, weight_map)
         shard_names = sorted(name for name in os.listdir(path) if name.endswith(".safetensors"))
+        if SINGLE_FILE in shard_names:
+            # What transformers loads from a folder without an index: model.safetensors alone, not an
+            # adapter_model.safetensors or consolidated.safetensors saved beside it.
+            ignored = [name for name in shard_names if name != SINGLE_FILE]
+            if ignored:
+                LOG.info("%s: scanning %s, as transformers loads it; not %s", path, SINGLE_FILE, ", ".join(ignored))
+            shard_names = [SINGLE_FILE]
         if not shard_names:
             others = [name for name in os.listdir(path) if name.endswith((".bin", ".gguf", ".pt", ".pth"))]
             hint = f" (found {others[0]}, which is not a weights file spectrum reads)" if others else ""
