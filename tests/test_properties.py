@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import hashlib
 import os
 import struct
 import tempfile
@@ -88,10 +89,11 @@ class TestCacheRoundTrip:
             path = os.path.join(directory, "snr_results_m.json")
             write_scores(path, Scores("m", table, {"model": "m"}))
             with open(path, "rb") as handle:
-                assert handle.read().isascii()
+                text = handle.read()
+            assert text.isascii()
             again = read_scores(path, "m")
         assert list(again.entries.items()) == list(table.items()), "same entries, same order, floats exact"
-        assert again.meta == {"model": "m"}
+        assert again.meta == {"model": "m", "scores_sha256": hashlib.sha256(text).hexdigest()}
 
     @SETTINGS
     @given(layout=st.dictionaries(any_text, st.dictionaries(any_text.filter(lambda n: n not in ("snr", "type")), scores,
