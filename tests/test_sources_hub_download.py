@@ -68,6 +68,19 @@ def test_no_keep_shards_deletes_what_it_downloaded(hub, tmp_path):
     assert len(list((cache / "models--org--tiny" / "blobs").iterdir())) == 2, "only the index and config are left"
 
 
+def test_a_failed_scan_leaves_no_shard_of_its_own_with_no_keep_shards(hub, tmp_path):
+    """The third shard is cut short on the Hub (its header, read remotely, is fine): the scan fails
+    there, and the shards it downloaded are gone all the same, the one it failed on included."""
+    shard = hub.root / "org" / "tiny" / SHARDS[2]
+    shard.write_bytes(shard.read_bytes()[:-64])
+    cache = tmp_path / "cache"
+    result = run_cli("--model", "org/tiny", "--no-keep-shards", "--quiet", cwd=tmp_path, env=online_env(cache, hub.endpoint))
+    assert result.returncode == 1 and "truncated" in result.stderr, result.stderr
+    assert SHARDS[2] in hub.full_downloads()
+    assert shard_blobs(cache) == []
+    assert len(list((cache / "models--org--tiny" / "blobs").iterdir())) == 2, "only the index and config are left"
+
+
 def test_no_keep_shards_keeps_contents_another_snapshot_shares(tmp_path, tiny_llama_dir):
     """`main` moved to a commit whose shards are unchanged: the cache links the blobs the user
     already has into the new snapshot instead of fetching them, so they are not the scan's to delete."""

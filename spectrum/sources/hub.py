@@ -211,16 +211,19 @@ class HubSource(ShardedSafetensors):
             handle.close()
         if self.keep_shards or shard not in self._downloaded_here or handle is None:
             return
-        blob = os.path.realpath(handle.path)
-        for path in (handle.path, blob):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        _delete_cached(handle.path)
 
     def close(self) -> None:
+        """Stop downloading; with `keep_shards=False`, also delete the shards this scan downloaded and
+        did not get to release (a scan that failed or was interrupted leaves no shard of its own)."""
         self._pool.shutdown(wait=True, cancel_futures=True)
         super().close()
+        if self.keep_shards:
+            return
+        for shard, download in list(self._downloads.items()):
+            if shard in self._downloaded_here and download.done() and not download.cancelled() and download.exception() is None:
+                _delete_cached(download.result())
+        self._downloads.clear()
 
     def describe(self) -> SourceDescription:
         shards = []
@@ -230,6 +233,16 @@ class HubSource(ShardedSafetensors):
                 size = os.path.getsize(cached)
             shards.append(ShardInfo(name, size))
         return SourceDescription(kind="hub", location=self.repo_id, revision=self.commit, shards=shards)
+
+
+def _delete_cached(path: str) -> None:
+    """Delete a file of the HF cache: the snapshot's link and the blob it points to."""
+    blob = os.path.realpath(path)
+    for name in (path, blob):
+        try:
+            os.unlink(name)
+        except FileNotFoundError:
+            pass
 
 
 def _commit_of(path: str) -> str | None:
