@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -15,11 +16,16 @@ from rich.table import Table
 from .summary import TypeSummary
 
 console = Console(stderr=True, highlight=False)
+if not console.is_terminal and not os.environ.get("COLUMNS"):
+    console.width = 1000  # a log or a pipe: Rich's 80 columns would fold the summary's columns to fragments
 
 
 class _ConsoleHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
-        console.print(f"[yellow]warning:[/] {record.getMessage()}", markup=True, soft_wrap=True)
+        try:  # the message names tensors, files and models: text, never markup
+            console.print(f"[yellow]warning:[/] {escape(record.getMessage())}", markup=True, soft_wrap=True)
+        except Exception:  # noqa: BLE001 - logging's own rule: a failing handler must not fail the caller
+            self.handleError(record)
 
 
 def install_log_handler() -> None:

@@ -114,6 +114,29 @@ def test_infinite_weights_are_left_out_by_name(tmp_path, monkeypatch, capsys):
     assert all(math.isfinite(entry["snr"]) for entry in scores.values())
 
 
+def test_names_that_look_like_markup_are_printed_as_text(tmp_path):
+    """Warnings and the summary name tensors and types: `[/x]` is Rich's closing-tag syntax, `[v2]` a
+    style; both are text here. Off a terminal, without COLUMNS, the summary is not folded to 80 columns."""
+    import os
+
+    from conftest import cli_env
+
+    tensors = {f"model.layers.{i}.mlp.[/x].experts_with_a_long_type_name[v2].weight": torch.randn(8, 4) for i in range(3)}
+    tensors["model.layers.1.mlp.[/x].experts_with_a_long_type_name[v2].weight"][0, 0] = math.nan
+    save_file(tensors, str(tmp_path / "m.safetensors"))
+    environment = cli_env(dict(os.environ))
+    environment.pop("COLUMNS")
+    result = subprocess.run([sys.executable, "-m", "spectrum", "--model", "m.safetensors", "--no-check", "--output", "o.yaml"],
+                            cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0] == ("warning: model.layers.1.mlp.[/x].experts_with_a_long_type_name[v2].weight has NaN or "
+                        "infinite entries; left out of the scores")
+    (row,) = [line for line in lines if "experts_with_a_long_type_name" in line and "warning" not in line]
+    words = row.split()  # one line: type, count, selected, min, median, max, the selected layer (0 or 2)
+    assert words[:3] == ["mlp.[/x].experts_with_a_long_type_name[v2]", "2", "1"] and len(words) == 7 and words[6] in ("0", "2")
+
+
 def test_a_config_nested_too_deeply_is_no_config(tmp_path, monkeypatch, capsys):
     """A config.json Python's JSON parser cannot descend into (valid JSON all the same): the scan goes on
     without it (no quantization hints, no name check), as for an unreadable config."""
