@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from .scores import Scores
-from .select import parse_top_percent
+from .select import literal_entry, parse_top_percent
 from .trainer import TrainerView, axolotl_pattern, view_of_model
 
 Selection = Union[Scores, str, "os.PathLike[str]", dict, Iterable[str]]
@@ -127,7 +127,7 @@ def _patterns(model, selection: Selection, top_percent, *, embeddings: bool, gro
             raise ValueError("freeze() needs top_percent with scores, e.g. freeze(model, scores, top_percent=25)")
         percent = parse_top_percent(top_percent)
         view = _view_of(model, selection)
-        entries = selection.select(percent, view=view, group_experts=group_experts)
+        entries = [literal_entry(module) for module in selection.select(percent, view=view, group_experts=group_experts)]
         return (selection.embedding_patterns(view) if embeddings else []) + entries
     if top_percent is not None:
         raise ValueError("top_percent applies to scores only; a YAML or a list of entries is used as it is")

@@ -12,6 +12,7 @@ from .select import (
     ParameterNames,
     format_percent,
     parse_top_percent,
+    literal_entry,
     render_yaml,
     select_by_type,
     trainer_entries,
@@ -85,12 +86,12 @@ class Scores:
         if view is not None:
             output = next((p for p in view.parameters if is_output_head(module_name(p) or p)), None)
             inputs = next((p for p in view.parameters if is_input_embedding(module_name(p) or p)), None)
-            return [f"^{name}$" for name in (output, inputs) if name]
+            return [f"^{literal_entry(name)}$" for name in (output, inputs) if name]
         recorded = self.meta.get("embeddings")
         if not isinstance(recorded, dict):
             return list(DEFAULT_EMBEDDING_PATTERNS)
         names = [recorded.get("output"), recorded.get("input")]
-        return [f"^{name}$" for name in names if isinstance(name, str)]
+        return [f"^{literal_entry(name)}$" for name in names if isinstance(name, str)]
 
     def to_yaml(
         self,

@@ -13,6 +13,14 @@ from .errors import UsageError
 from .naming import module_type, stack_of, without_expert_index
 
 DEFAULT_EMBEDDING_PATTERNS = ("^lm_head.weight$", "^model.embed_tokens.weight$")
+_REGEX_SPECIAL = frozenset("^$*+?{}[]\\|()")  # regex metacharacters but the dot, which Axolotl escapes itself
+
+
+def literal_entry(name: str) -> str:
+    """A module or parameter name as an `unfrozen_parameters` entry that Axolotl's rule (every `.` not
+    followed by `+` is literal, then `re.match`) reads as that name and nothing else: regex
+    metacharacters besides the dot get a backslash. Ordinary names come out unchanged."""
+    return "".join("\\" + char if char in _REGEX_SPECIAL else char for char in name)
 
 
 def parse_top_percent(value: str | float | int) -> Fraction:
@@ -128,7 +136,8 @@ def render_yaml(
 ) -> str:
     """The `unfrozen_parameters:` YAML, in the reference tool's layout.
 
-    Entries are plain module names (Axolotl applies them with `re.match` after escaping dots);
+    Entries are module names (Axolotl applies them with `re.match` after escaping dots; any other
+    regex metacharacter in a name is escaped here, `literal_entry`);
     each type gets a `# <type> layers` comment, even when it keeps no module. A name that YAML
     would not read back as that same string (a line break, a control character, `0`, `yes`,
     `a: b`, text that is not valid Unicode) is written double-quoted with escapes, and comments
@@ -140,7 +149,7 @@ def render_yaml(
     for type_name, modules in selection.items():
         note = (notes or {}).get(type_name)
         lines.append(f"# {_comment(type_name)} layers" + (f" ({_comment(note)})" if note else ""))
-        lines.extend(f"- {_scalar(module)}" for module in modules)
+        lines.extend(f"- {_scalar(literal_entry(module))}" for module in modules)
     return "\n".join(lines) + "\n"
 
 

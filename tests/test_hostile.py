@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from conftest import cli_env
 from reliability import listing
 from spectrum.cache import read_scores
+from spectrum.select import literal_entry
 
 NAMES = {
     "long": "w" * 10_000,
@@ -76,7 +77,8 @@ class TestNames:
         assert scores_file.read_bytes().isascii(), "names that are not valid Unicode are escaped in the JSON"
         assert sorted(read_scores(str(scores_file), "odd").entries) == sorted(modules)
         entries = yaml.safe_load((tmp_path / "first.yaml").read_text(encoding="utf-8"))["unfrozen_parameters"]
-        assert sorted(entries) == sorted(modules), "exactly the modules: nothing injected, nothing lost"
+        assert sorted(entries) == sorted(literal_entry(module) for module in modules), \
+            "exactly the modules (regex metacharacters escaped for Axolotl): nothing injected, nothing lost"
         assert "\n- .*\n" not in (tmp_path / "first.yaml").read_text(encoding="utf-8")
 
         # Again from the cache alone: the names come back from the scores file unchanged.

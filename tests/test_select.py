@@ -92,3 +92,21 @@ def test_scores_select_and_types():
     assert scores.types() == ["mlp.down_proj", "self_attn.q_proj"]
     assert scores.select(50) == ["model.layers.1.mlp.down_proj", "model.layers.2.mlp.down_proj", "model.layers.0.self_attn.q_proj"]
     assert scores.select(100, types={"self_attn.q_proj"}) == ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj"]
+
+
+def test_regex_metacharacters_in_names_are_escaped_for_axolotl():
+    """Axolotl compiles every entry as a regex (after escaping dots): a stored name with `|` would
+    unfreeze everything, one with `[1]` nothing. Each entry matches its own module and no other."""
+    from spectrum.select import literal_entry, yaml_entries
+    from spectrum.trainer import axolotl_pattern
+
+    names = ["model.layers.0.mlp.c|", "model.layers.0.mlp.w[1]", "model.layers.0.mlp.(a)+b", "model.layers.0.mlp.x$",
+             "model.layers.0.mlp.up_proj"]
+    scores = Scores("m", {name: ModuleScore(1.0, name.split(".", 3)[3]) for name in names},
+                    meta={"embeddings": {"input": "emb|ed.weight", "output": None}})
+    entries = yaml_entries(scores.to_yaml(100))
+    assert entries[0] == "^emb\\|ed.weight$" and entries[1:] == [literal_entry(name) for name in names]
+    assert entries[-1] == "model.layers.0.mlp.up_proj"  # ordinary names are written as they are
+    parameters = [name + ".weight" for name in names] + ["emb|ed.weight", "model.embed_tokens.weight", "lm_head.weight"]
+    for entry, own in zip(entries, ["emb|ed.weight"] + [name + ".weight" for name in names]):
+        assert [p for p in parameters if axolotl_pattern(entry).match(p)] == [own], entry
