@@ -231,6 +231,8 @@ def run_model(
 
     if patterns and selected_types is None:
         selected_types = {t for t in scores.types() if type_matches(t, patterns)}
+    if selected_types is None:
+        selected_types = default_types_of(scores)
     yaml_text = checked_yaml(
         scores,
         top_percent,
@@ -298,6 +300,17 @@ def _check_flags(args: argparse.Namespace, models: list[str]) -> None:
         if args.output not in (None, "-"):
             raise UsageError("--output PATH with several models would write each over the last; "
                              "leave it out (one file per model) or use --output -")
+
+
+def default_types_of(scores) -> set[str] | None:
+    """The types a run without --types selects: those inside numbered layers, as a scan without --types
+    scores them, even when the cache also holds others an earlier `--types` run added. None (every
+    cached type) for a file without a sidecar, which cannot tell."""
+    recorded = scores.meta.get("checkpoint_types")
+    if not isinstance(recorded, dict):
+        return None
+    layered = {name for name, entry in recorded.items() if isinstance(entry, dict) and entry.get("layered")}
+    return {type_name for type_name in scores.types() if type_name in layered}
 
 
 def choose_types_for(model: str, revision: str | None, patterns: list[re.Pattern[str]] | None) -> set[str]:

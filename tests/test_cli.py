@@ -161,6 +161,22 @@ def test_a_cpu_scan_of_safetensors_imports_no_torch(tiny_llama_dir, tmp_path, mo
         {module: score.snr for module, score in torch_route.entries.items()}, rel=1e-12)
 
 
+def test_types_an_earlier_run_added_to_the_cache_stay_out_of_a_default_selection(tiny_llama_dir, tmp_path):
+    """`--types embed_tokens` adds that type to the cached scores; a later run without --types selects
+    the default types again (the same YAML as on a fresh cache), not every type the cache holds."""
+    def yaml_of(cache: str, *args: str) -> str:
+        result = run_cli("--model", str(tiny_llama_dir), "--cache-dir", cache, "--no-check", "--quiet",
+                         "--output", "o.yaml", *args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        return (tmp_path / "o.yaml").read_text()
+
+    fresh = yaml_of("fresh", "--top-percent", "100", "--no-embeddings")
+    yaml_of("shared")
+    assert "model.embed_tokens" in yaml_of("shared", "--types", "embed_tokens", "--no-embeddings")
+    assert yaml_of("shared", "--top-percent", "100", "--no-embeddings") == fresh
+    assert "- model.embed_tokens" not in fresh
+
+
 def test_a_fine_tune_of_a_model_scanned_before_needs_no_transformers(tiny_llama_dir, tmp_path):
     """The name check's view is keyed by the config less its names, dates and dtype: the first scan
     of a fine-tune whose config differs from its base's only there imports neither torch nor
