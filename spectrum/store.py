@@ -213,6 +213,9 @@ def stale_reason(meta: dict, model: str, revision: str | None = None) -> str | N
         return _shards_changed(source.get("shards"), _local_shards(expanded))
     if source.get("kind") != "hub":
         return None
+    location = source.get("location")
+    if isinstance(location, str) and location.lower() != model.lower():  # another repo under the same slug
+        return f"they are for {location}, another repository whose name gives the same file name"
     commit = _cached_commit(model, revision)
     recorded = source.get("revision")
     if commit and isinstance(recorded, str) and recorded != commit:

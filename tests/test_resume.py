@@ -320,6 +320,14 @@ class TestValidity:
         assert "they are for v2.0" in stale_reason(meta, "org/not-cached", "v3.0")
         assert "they are for main" in stale_reason({"source": {"kind": "hub", "revision": COMMIT}}, "org/not-cached", "dev")
 
+    def test_another_hub_repo_with_the_same_slug_is_not_answered(self):
+        meta = {"source": {"kind": "hub", "location": "org/tiny-model", "revision": COMMIT}}
+        assert stale_reason(meta, "org/tiny_model") == ("they are for org/tiny-model, another repository whose "
+                                                        "name gives the same file name")
+        assert stale_reason(meta, "Org/Tiny-Model") is None  # Hub ids ignore case
+        local = {"source": {"kind": "local", "location": "/copies/tiny", "shards": []}}
+        assert stale_reason(local, "org/tiny-model") is None  # a local copy scanned under --name org/tiny-model
+
     def test_a_sidecar_edited_into_odd_shapes_means_a_rescan(self, tiny_llama_dir):
         shards = sorted(path.name for path in tiny_llama_dir.glob("*.safetensors"))
         odd = {"source": {"kind": "local", "shards": [{"name": [shards[0]], "size": 1}, "x", None]
