@@ -293,6 +293,10 @@ def _check_flags(args: argparse.Namespace, models: list[str]) -> None:
         raise UsageError("--json and --output - both write to stdout; give --output a file path, or drop --json")
     if args.interactive and args.models_from == "-":
         raise UsageError("--interactive reads answers from stdin, so --models-from cannot be - with it")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.device):
+        raise UsageError(f"--device {args.device!r} is not a device; use auto, cpu, cuda or cuda:N")
+    if args.revision and len(models) == 1 and os.path.exists(os.path.expanduser(models[0])):
+        raise UsageError(f"--revision applies to Hub ids, but {models[0]} is a local path; drop --revision")
     if len(models) > 1:
         for flag, value in (("--name", args.name), ("--revision", args.revision), ("--list-types", args.list_types)):
             if value:

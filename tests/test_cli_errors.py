@@ -204,3 +204,19 @@ def test_bad_types_regex(tmp_path, env, minilm_dir):
 
 def test_zero_threads(tmp_path, env, minilm_dir):
     run_and_expect(tmp_path, env, 2, ["--model", str(minilm_dir), "--threads", "0"], "--threads", "at least 1")
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--device", "bogus"], "--device 'bogus' is not a device"),
+    (["--device", "cuda:x"], "--device 'cuda:x' is not a device"),
+    (["--revision", "main"], "--revision applies to Hub ids"),
+])
+def test_flags_are_checked_before_any_work_even_with_cached_scores(tmp_path, env, tiny_llama_dir, args, fragment):
+    """A usage error is exit 2 and nothing done, whether the scores are cached or not, and with several
+    models before the first one runs."""
+    first = run_cli("--model", str(tiny_llama_dir), "--quiet", "--no-check", cwd=tmp_path, env=env)
+    assert first.returncode == 0, first.stderr
+    run_and_expect(tmp_path, env, 2, ["--model", str(tiny_llama_dir), *args], fragment)
+    if "--revision" not in args:
+        run_and_expect(tmp_path, env, 2, ["--model", str(tiny_llama_dir), "--model", str(tiny_llama_dir), "--json", *args],
+                       fragment)
