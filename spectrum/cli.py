@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -347,8 +348,19 @@ def _unexpected(err: BaseException) -> str:
 
 
 def _print_json(record: dict) -> None:
-    sys.stdout.write(json.dumps(record) + "\n")
+    """One line of standard JSON: a non-finite number (an Infinity score) is null, which every parser reads."""
+    sys.stdout.write(json.dumps(_finite_or_null(record), allow_nan=False) + "\n")
     sys.stdout.flush()
+
+
+def _finite_or_null(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    return value
 
 
 def build_report_parser() -> argparse.ArgumentParser:

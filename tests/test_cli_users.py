@@ -171,3 +171,24 @@ def test_models_from_an_empty_list(tmp_path, monkeypatch, capsys):
     (tmp_path / "list.txt").write_text("# nothing yet\n\n")
     assert main(["--models-from", "list.txt"]) == 2
     assert "--models-from list.txt: no model in it" in capsys.readouterr().err
+
+
+def test_json_is_standard_with_infinite_scores(tmp_path):
+    """A cached file with Infinity scores (accepted on read, as published scans have them): the --json
+    line is standard JSON, the infinite figures null."""
+    cache = tmp_path / "model_snr_results"
+    cache.mkdir()
+    scores = {f"model.layers.{i}.input_layernorm": {"snr": float("inf") if i else 0.5, "type": "input_layernorm"}
+              for i in range(3)}
+    (cache / "snr_results_org-m.json").write_text(json.dumps(scores))
+    from conftest import offline_env
+
+    result = run_cli("--model", "org/m", "--json", "--top-percent", "34", cwd=tmp_path, env=offline_env(tmp_path / "hf"))
+    assert result.returncode == 0, result.stderr
+
+    def refuse(constant):
+        raise ValueError(f"not standard JSON: {constant}")
+
+    (record,) = [json.loads(line, parse_constant=refuse) for line in result.stdout.splitlines()]
+    (row,) = record["types"]
+    assert row["max"] is None and row["min"] == 0.5 and row["median"] is None
