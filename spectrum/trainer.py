@@ -28,7 +28,7 @@ from importlib import metadata
 LOG = logging.getLogger("spectrum")
 
 VIEW_CACHE_ENV = "SPECTRUM_CACHE"
-_VIEW_FORMAT = 1  # bump when TrainerView's fields or their meaning change
+_VIEW_FORMAT = 2  # bump when TrainerView's fields or their meaning change
 
 
 def axolotl_pattern(entry: str) -> re.Pattern[str]:
@@ -55,16 +55,23 @@ class TrainerView:
         parameters: parameter name -> shape.
         renamed: checkpoint tensor name -> parameter name, for every tensor transformers renames or fuses.
         fused: parameter names built from several checkpoint tensors (e.g. fused experts).
+        ignored: the model's `_keys_to_ignore_on_load_unexpected`: patterns (`re.search`) of checkpoint
+            tensors transformers drops on load, such as DeepSeek-V3's multi-token-prediction layer 61.
     """
 
     architecture: str
     parameters: dict[str, tuple[int, ...]]
     renamed: dict[str, str] = field(default_factory=dict)
     fused: set[str] = field(default_factory=set)
+    ignored: tuple[str, ...] = ()
 
     def parameter_of(self, tensor_name: str) -> str:
         """The parameter a checkpoint tensor loads into (itself when transformers keeps the name)."""
         return self.renamed.get(tensor_name, tensor_name)
+
+    def drops(self, tensor_name: str) -> bool:
+        """Whether transformers drops this checkpoint tensor on load (it becomes no parameter)."""
+        return any(re.search(pattern, tensor_name) for pattern in self.ignored)
 
 
 def view_cache_dir() -> str:
@@ -86,6 +93,7 @@ def _view_to_json(view: TrainerView | None) -> dict:
             "parameters": {name: list(shape) for name, shape in view.parameters.items()},
             "renamed": view.renamed,
             "fused": sorted(view.fused),
+            "ignored": list(view.ignored),
         },
     }
 
@@ -103,8 +111,11 @@ def _view_from_json(payload: object) -> tuple[bool, TrainerView | None]:
             parameters={str(name): tuple(int(d) for d in shape) for name, shape in raw["parameters"].items()},
             renamed={str(source): str(target) for source, target in raw["renamed"].items()},
             fused={str(name) for name in raw["fused"]},
+            ignored=tuple(str(pattern) for pattern in raw["ignored"]),
         )
-    except (KeyError, TypeError, ValueError, AttributeError):
+        for pattern in view.ignored:
+            re.compile(pattern)
+    except (KeyError, TypeError, ValueError, AttributeError, re.error):
         return False, None
     return True, view
 
@@ -339,7 +350,23 @@ def view_of_model(model, tensor_names: list[str]) -> TrainerView:
             renamed[name] = target
         if converter is not None:
             fused.add(target)
-    return TrainerView(type(model).__name__, parameters, renamed, fused)
+    ignored = tuple(str(pattern) for pattern in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ())
+    return TrainerView(type(model).__name__, parameters, renamed, fused, ignored)
+
+
+def _without_dropped(scores, view: TrainerView):
+    """The scores less the matrices transformers drops on load: they become no parameter, so an entry
+    for one could only fail the check, or with --no-check push a real module out of the selection."""
+    from .scores import Scores
+
+    dropped = [module for module in scores.entries if view.drops(module + ".weight")]
+    if not dropped:
+        return scores
+    LOG.warning("%d scored matrices are checkpoint tensors %s drops on load (%s%s); left out of the YAML",
+                len(dropped), view.architecture, ", ".join(dropped[:3]), ", ..." if len(dropped) > 3 else "")
+    gone = set(dropped)
+    kept = {module: score for module, score in scores.entries.items() if module not in gone}
+    return Scores(model=scores.model, entries=kept, meta=scores.meta)
 
 
 def checked_yaml(
@@ -385,6 +412,8 @@ def checked_yaml(
                 f"(its conversion mapping); none of that is usable for "
                 f"{model} (pass --no-check to write the names as stored)"
             )
+    if view is not None and view.ignored:
+        scores = _without_dropped(scores, view)
     text = scores.to_yaml(top_percent, types=types, embeddings=embeddings, view=view, group_experts=group_experts)
     if view is not None:
         missing = unmatched_entries(yaml_entries(text), list(view.parameters))

@@ -202,7 +202,7 @@ def test_views_are_cached_by_transformers_config_and_names(checkpoints, tmp_path
     assert cached_view(str(config), names) == built  # read back: same parameters, renames and fused set
     assert built.fused and built.renamed  # the fused MoE experts survive the round trip
 
-    files[0].write_text('{"format": 1, "view": {"architecture": "X"}}')  # damaged: rebuilt and rewritten
+    files[0].write_text('{"format": 2, "view": {"architecture": "X"}}')  # damaged: rebuilt and rewritten
     assert cached_view(str(config), names) == built
     assert json.loads(files[0].read_text())["view"]["architecture"] == "MixtralForCausalLM"
 
@@ -234,7 +234,7 @@ def test_a_model_transformers_cannot_build_is_remembered_too(tmp_path, monkeypat
     (folder / "config.json").write_text('{"model_type": "no-such-architecture", "architectures": ["NoSuchModel"]}')
     assert cached_view(str(folder / "config.json"), ["a.weight"]) is None
     (entry,) = (tmp_path / "cache" / "views").glob("*/*.json")
-    assert json.loads(entry.read_text()) == {"format": 1, "view": None}
+    assert json.loads(entry.read_text()) == {"format": 2, "view": None}
     assert cached_view(str(folder / "config.json"), ["a.weight"]) is None
 
 
@@ -267,3 +267,31 @@ def test_an_unbuildable_model_built_in_the_background_gives_no_view(tmp_path, mo
     build = ModelBuild(str(tmp_path / "config.json"))
     assert cached_view(build.config_path, ["a.weight"], build=build) is None
     assert build.result() is None
+
+
+def test_tensors_transformers_drops_on_load_are_left_out_of_the_yaml(tmp_path, monkeypatch):
+    """DeepSeek-V3 checkpoints hold a multi-token-prediction layer 61 that transformers drops on load
+    (`_keys_to_ignore_on_load_unexpected`). Here its copy of layer 1 scores higher than layer 1 itself,
+    so it would take every MoE layer's place and then fail the check; it is named in a warning and
+    left out, and the run succeeds."""
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("SPECTRUM_CACHE", str(tmp_path / "views"))
+    torch.manual_seed(0)
+    config = T.DeepseekV3Config(
+        vocab_size=64, hidden_size=32, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1,
+        first_k_dense_replace=1, q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8,
+        n_group=1, topk_group=1, architectures=["DeepseekV3ForCausalLM"])
+    folder = tmp_path / "deepseek"
+    T.DeepseekV3ForCausalLM(config).save_pretrained(folder)
+    state = load_file(str(folder / "model.safetensors"))
+    for name in [name for name in state if name.startswith("model.layers.1.")]:
+        state[name.replace("model.layers.1.", "model.layers.61.")] = state[name] / 4  # same SNR ratio, a quarter of S[0]
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    result = run_cli("--model", str(folder), "--top-percent", "50", "--output", "-", "--device", "cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    warning = result.stderr.splitlines()[0]
+    assert warning.startswith("warning: 21 scored matrices are checkpoint tensors DeepseekV3ForCausalLM drops on load "
+                              "(model.layers.61.")
+    assert "layers.61" not in result.stdout and "- model.layers.1." in result.stdout
