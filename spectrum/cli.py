@@ -234,6 +234,8 @@ def run_model(
         selected_types = {t for t in scores.types() if type_matches(t, patterns)}
     if selected_types is None:
         selected_types = default_types_of(scores)
+    elif patterns and not selected_types:  # as the scan says it, when the scores are cached
+        raise SpectrumError("no weight matrix matches the requested types; run with --list-types to see the checkpoint's types")
     yaml_text = checked_yaml(
         scores,
         top_percent,

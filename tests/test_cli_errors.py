@@ -220,3 +220,11 @@ def test_flags_are_checked_before_any_work_even_with_cached_scores(tmp_path, env
     if "--revision" not in args:
         run_and_expect(tmp_path, env, 2, ["--model", str(tiny_llama_dir), "--model", str(tiny_llama_dir), "--json", *args],
                        fragment)
+
+
+def test_types_matching_nothing_fail_alike_with_cached_scores(tmp_path, env, tiny_llama_dir):
+    message = "no weight matrix matches the requested types; run with --list-types to see the checkpoint's types"
+    fresh = run_and_expect(tmp_path, env, 1, ["--model", str(tiny_llama_dir), "--types", "nomatch", "--no-check"], message)
+    assert run_cli("--model", str(tiny_llama_dir), "--quiet", "--no-check", cwd=tmp_path, env=env).returncode == 0
+    cached = run_and_expect(tmp_path, env, 1, ["--model", str(tiny_llama_dir), "--types", "nomatch", "--no-check"], message)
+    assert fresh == cached
