@@ -20,8 +20,9 @@ from .trainer import TrainerView, axolotl_pattern, view_of_model
 
 Selection = Union[Scores, str, "os.PathLike[str]", dict, Iterable[str]]
 
-# Axolotl's own extension `name[start:end]` (train only those embedding rows) is not a regex.
-_ROW_RANGE = re.compile(r"\[\d*:\d*\]$")
+# Axolotl's own extension `name[start:end]`, `name[row]` or `name[]` (train only those embedding rows)
+# is not a regex; Axolotl recognises it with this pattern.
+_ROW_RANGE = re.compile(r"^(.+)\[([0-9]*)(?::([0-9]*))?\]$")
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def freeze(model, selection: Selection, top_percent: float | str | None = None, 
     compiled = []
     for entry in patterns:
         if _ROW_RANGE.search(entry):
-            raise ValueError(f"{entry!r}: Axolotl's [start:end] row ranges are not supported by spectrum.freeze")
+            raise ValueError(f"{entry!r}: Axolotl's row ranges ([start:end], [row]) are not supported by spectrum.freeze")
         compiled.append(axolotl_pattern(entry))
     matched = [False] * len(compiled)
     names: list[str] = []

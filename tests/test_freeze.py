@@ -96,8 +96,10 @@ class TestPatterns:
             spectrum.freeze(model, layer2_best())
         with pytest.raises(ValueError, match="top_percent applies to scores only"):
             spectrum.freeze(model, ["lm_head"], top_percent=25)
-        with pytest.raises(ValueError, match="row ranges"):
-            spectrum.freeze(model, ["model.embed_tokens.weight[:32000]"])
+        for ranged in ("model.embed_tokens.weight[:32000]", "^model.embed_tokens.weight$[5]", "lm_head.weight[]"):
+            with pytest.raises(ValueError, match="row ranges"):
+                spectrum.freeze(model, [ranged])
+        assert spectrum.freeze(model, ["model.layers.0.mlp.w\\[1\\]"]).unmatched  # an escaped name: a regex, no range
         with pytest.raises(ValueError, match="unfrozen_parameters"):
             spectrum.freeze(model, "just: a mapping\n")
 
