@@ -150,12 +150,14 @@ def run(args: argparse.Namespace) -> int:
     if args.list_types:
         return list_types(models[0], args.revision)
     if args.output not in (None, "-"):
+        if os.path.isdir(args.output) or args.output.endswith((os.sep, "/")):
+            raise UsageError(f"--output {args.output} is a folder; give a file path (e.g. {os.path.join(args.output, 'unfrozen.yaml')})")
         target = os.path.dirname(os.path.abspath(args.output))
         if not os.path.isdir(target):
             raise UsageError(f"--output {args.output}: {target} is not an existing folder; create it or choose another path")
         if not os.access(target, os.W_OK | os.X_OK):
             raise UsageError(f"--output {args.output}: {target} is not writable; choose another path")
-    interactive = args.interactive and sys.stdin.isatty()
+    interactive = args.interactive and sys.stdin is not None and sys.stdin.isatty()
     if args.interactive and not interactive:
         LOG.warning("--interactive needs a terminal on stdin; going on with the flags")
 
@@ -272,12 +274,16 @@ def run_model(
 def _models(args: argparse.Namespace) -> list[str]:
     """--model values, then the lines of --models-from, in order."""
     models = list(args.model or [])
+    if args.interactive and args.models_from == "-" and sys.stdin is not None and sys.stdin.isatty():
+        raise UsageError("--interactive reads answers from the terminal, so --models-from cannot be - with it")
     if args.models_from:
         try:
             if args.models_from == "-":
-                lines = sys.stdin.read().splitlines()
+                if sys.stdin is None:
+                    raise OSError(0, "standard input is closed")
+                lines = sys.stdin.read().removeprefix("\ufeff").splitlines()
             else:
-                with open(args.models_from, encoding="utf-8") as handle:
+                with open(args.models_from, encoding="utf-8-sig") as handle:  # a BOM (Windows editors) is not a name
                     lines = handle.read().splitlines()
         except (OSError, UnicodeDecodeError) as err:
             reason = getattr(err, "strerror", None) or str(err)
@@ -294,8 +300,6 @@ def _check_flags(args: argparse.Namespace, models: list[str]) -> None:
     """Flag combinations that cannot work, named with the fix."""
     if args.json and args.output == "-":
         raise UsageError("--json and --output - both write to stdout; give --output a file path, or drop --json")
-    if args.interactive and args.models_from == "-":
-        raise UsageError("--interactive reads answers from stdin, so --models-from cannot be - with it")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.device):
         raise UsageError(f"--device {args.device!r} is not a device; use auto, cpu, cuda or cuda:N")
     if args.revision and len(models) == 1 and os.path.exists(os.path.expanduser(models[0])):

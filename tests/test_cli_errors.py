@@ -228,3 +228,36 @@ def test_types_matching_nothing_fail_alike_with_cached_scores(tmp_path, env, tin
     assert run_cli("--model", str(tiny_llama_dir), "--quiet", "--no-check", cwd=tmp_path, env=env).returncode == 0
     cached = run_and_expect(tmp_path, env, 1, ["--model", str(tiny_llama_dir), "--types", "nomatch", "--no-check"], message)
     assert fresh == cached
+
+
+@pytest.mark.parametrize("output", ["a-folder", "no-such-folder/"])
+def test_output_naming_a_folder_is_a_usage_error(tmp_path, env, tiny_llama_dir, output):
+    (tmp_path / "a-folder").mkdir()
+    run_and_expect(tmp_path, env, 2, ["--model", str(tiny_llama_dir), "--output", output], f"--output {output} is a folder")
+    assert not (tmp_path / "no-such-folder").exists()
+
+
+def test_models_from_with_a_bom_and_from_a_closed_stdin(tmp_path, env, tiny_llama_dir):
+    listing = tmp_path / "models.txt"
+    listing.write_bytes(b"\xef\xbb\xbf" + f"{tiny_llama_dir}\n".encode())  # as Windows editors save UTF-8
+    result = run_cli("--models-from", str(listing), "--no-check", "--quiet", "--output", "-", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    import subprocess
+    import sys
+
+    closed = subprocess.run([sys.executable, "-m", "spectrum", "--models-from", "-"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, close_fds=True,
+                            preexec_fn=lambda: __import__("os").close(0))
+    assert_one_line_error(closed, 2, "--models-from -: cannot read it (standard input is closed)")
+
+
+def test_interactive_with_models_piped_in_goes_on_with_the_flags(tmp_path, env, tiny_llama_dir):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "spectrum", "--models-from", "-", "--interactive", "--no-check",
+                             "--output", "-", "--quiet"], cwd=tmp_path, env=env, input=f"{tiny_llama_dir}\n",
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "warning: --interactive needs a terminal on stdin; going on with the flags\n"
+    assert "- model.layers." in result.stdout
