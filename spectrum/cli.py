@@ -334,6 +334,8 @@ def choose_types_for(model: str, revision: str | None, patterns: list[re.Pattern
     finally:
         source.close()
     types = inventory.types()
+    if not types:  # the scan would say it; the checklist would have nothing to show
+        raise SpectrumError(f"{model} holds no weight matrix to score; run with --list-types to see what it holds")
     default = default_type_filter(inventory)
     checked = {t for t in types if (type_matches(t, patterns) if patterns else default(t))}
     return choose_types(model, types, checked, ask=ask, say=print_line)

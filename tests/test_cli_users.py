@@ -131,6 +131,24 @@ def test_interactive_checklist_on_a_terminal(tiny_llama_dir, tmp_path):
     assert sorted({entry["type"] for entry in scores.values()}) == ["lm_head", "mlp.down_proj"]
 
 
+def test_interactive_on_a_checkpoint_without_matrices(tmp_path):
+    from safetensors.torch import save_file
+    import torch
+
+    save_file({"model.norm.weight": torch.ones(4)}, str(tmp_path / "m.safetensors"))
+    leader, follower = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "spectrum", "--model", "m.safetensors", "--interactive"],
+                               cwd=tmp_path, env=_env(), stdin=follower, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    os.close(follower)
+    try:
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        os.close(leader)
+    assert process.returncode == 1 and stdout == ""
+    assert stderr == "spectrum: error: m.safetensors holds no weight matrix to score; run with --list-types to see what it holds\n"
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ, NO_COLOR="1", COLUMNS="200")
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
