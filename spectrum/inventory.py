@@ -37,6 +37,7 @@ class Inventory:
 
     matrices: list[Matrix]
     unsupported: list[TensorInfo] = field(default_factory=list)  # 2-D weights we cannot score (FP8 without scales)
+    unsplit: list[TensorInfo] = field(default_factory=list)  # 3-D weights in numbered layers not under an `experts` module
     embeddings: dict[str, str | None] = field(default_factory=dict)  # "input"/"output" -> tensor name
 
     def types(self) -> dict[str, dict]:
@@ -76,6 +77,7 @@ def take_inventory(tensors: list[TensorInfo]) -> Inventory:
     """
     candidates: list[tuple[TensorInfo, str, int | None]] = []
     unsupported = []
+    unsplit = []
     names = {info.name for info in tensors}
     embeddings: dict[str, str | None] = {"input": None, "output": None}
     for info in tensors:
@@ -84,6 +86,8 @@ def take_inventory(tensors: list[TensorInfo]) -> Inventory:
         experts = _fused_expert_modules(info)
         module = module_name(info.name)
         if experts is None and (module is None or len(info.shape) != 2 or 0 in info.shape):
+            if module is not None and len(info.shape) == 3 and 0 not in info.shape and is_layer_module(module):
+                unsplit.append(info)  # e.g. GraniteMoE's block_sparse_moe.input_linear: experts by another name
             continue  # not a weight matrix (1-D, other 3-D, or empty)
         if info.dtype in FP8_DTYPES and info.name + FP8_SCALE_SUFFIX not in names:  # with a scale: dequantized
             unsupported.append(info)
@@ -102,7 +106,7 @@ def take_inventory(tensors: list[TensorInfo]) -> Inventory:
         Matrix(info, module, module_type(module, with_stack=with_stack), is_layer_module(module), expert)
         for info, module, expert in candidates
     ]
-    return Inventory(matrices, unsupported, embeddings)
+    return Inventory(matrices, unsupported, unsplit=unsplit, embeddings=embeddings)
 
 
 def default_type_filter(inventory: Inventory) -> TypeFilter:

@@ -164,6 +164,9 @@ def scan_source(
     for info in inventory.unsupported:
         if wanted(module_type(module_name(info.name) or info.name)):
             LOG.warning("%s is stored as %s, which needs its scale tensors to dequantize; left out", info.name, info.dtype)
+    for info in inventory.unsplit:
+        LOG.warning("%s is a 3-D tensor %s outside an `experts` module, which spectrum does not split into matrices; "
+                    "left out", info.name, list(info.shape))
     mine = share(chosen) if share else chosen
     concrete_method = resolve_method(method)
     host = _host_route(source, mine, device, concrete_method)

@@ -204,3 +204,15 @@ def test_cache_coverage_and_merge():
     fresh = Scores("m", {"lm_head": ModuleScore(0.2, "lm_head")}, {"new": True})
     combined = merge(cached, fresh)
     assert list(combined.entries) == ["lm_head", "l.0.mlp.up_proj"] and combined.meta == {"new": True}
+
+
+def test_3d_weights_outside_an_experts_module_are_named_in_a_warning(tmp_path, caplog):
+    """GraniteMoE stores its experts as `block_sparse_moe.input_linear.weight` (experts, out, in): not
+    under a module called `experts`, so not split into matrices. That is said, not silent."""
+    save_file({"model.layers.0.block_sparse_moe.input_linear.weight": torch.randn(4, 16, 8),
+               "model.layers.0.self_attn.q_proj.weight": torch.randn(8, 8)}, str(tmp_path / "model.safetensors"))
+    with caplog.at_level(logging.WARNING, logger="spectrum"):
+        scores = scan(str(tmp_path), device="cpu")
+    assert list(scores.entries) == ["model.layers.0.self_attn.q_proj"]
+    assert caplog.messages == ["model.layers.0.block_sparse_moe.input_linear.weight is a 3-D tensor [4, 16, 8] outside an "
+                               "`experts` module, which spectrum does not split into matrices; left out"]
