@@ -117,8 +117,11 @@ def heatmap_png(grid: Grid, *, title: str, subtitle: str = "") -> bytes:
     left = LEFT + (width - natural_width) // 2
     bottom = height - TOP - (height - natural_height) // 2 - box_height
     axes = figure.add_axes((left / width, bottom / height, box_width / width, box_height / height))
-    values = np.ma.masked_invalid(np.array(grid.values, dtype=np.float64))  # (layers, types)
-    low, high = float(values.min()), float(values.max())
+    raw = np.array(grid.values, dtype=np.float64)  # (layers, types); NaN where a type has no matrix
+    finite = raw[np.isfinite(raw)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    # An Infinity score is drawn at the end of the scale (matplotlib would leave it out, grey like no matrix).
+    values = np.ma.masked_where(np.isnan(raw), np.clip(raw, low, high))
     norm = LogNorm(low, high) if low > 0 and high > 10 * low else Normalize(low, high)
     axes.set_facecolor("#d9d9d9")  # cells with no module
     image = axes.imshow(values, cmap="viridis", norm=norm, aspect="auto", interpolation="nearest")

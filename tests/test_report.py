@@ -125,6 +125,20 @@ def test_report_from_the_cache_alone(cache):
     assert "top 50% keeps 0 of 1" in page.split('<h3 id="lm_head">')[1]
 
 
+def test_infinity_scores_take_the_top_colour_not_the_empty_grey(tmp_path):
+    from PIL import Image
+
+    scores = hand_scores()
+    scores.entries["model.layers.1.self_attn.q_proj"] = ModuleScore(float("inf"), "self_attn.q_proj")
+    write_scores(str(tmp_path / "model_snr_results" / "snr_results_org-report-model.json"), scores)
+    result = run_cli("report", "org/report-model", "--top-percent", "50", "--no-html", cwd=tmp_path)
+    assert result.returncode == 0 and "Warning" not in result.stderr, result.stderr
+    rgb = Image.open(tmp_path / "snr_results_org-report-model_50percent.png").convert("RGB")
+    assert close(pixel(rgb, 1, 1, 12, 6), VIRIDIS_HIGH)  # Infinity: at the top of the scale
+    assert close(pixel(rgb, 1, 0, 12, 6), VIRIDIS_HIGH)  # 5.0 is still the largest finite score
+    assert close(pixel(rgb, 0, 0, 12, 6), VIRIDIS_LOW)
+
+
 def test_report_paths_and_types(cache):
     from spectrum.cli import main
 
