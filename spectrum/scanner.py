@@ -21,7 +21,7 @@ from .errors import SpectrumError, UsageError
 from .host import HOST_DTYPES, NUMPY_EIGVALSH_BELOW, cpu_threads_limited, keep_gram_buffers, resolve_method
 from .host import singular_values as host_singular_values
 from .inventory import Inventory, Matrix, TypeFilter, default_type_filter, take_inventory  # noqa: F401 (re-exported)
-from .naming import module_name, module_type, natural_key
+from .naming import module_name, module_type, natural_key, without_expert_index
 from .scores import ModuleScore, Scores
 from .pipeline import Batcher, Item, Reader, run_batches
 from .snr import DEFAULT_THRESHOLD, scores_from_singular_values
@@ -299,8 +299,15 @@ def scan_source(
         **({"resumed": len(resumed)} if resumed else {}),
         "checkpoint_types": inventory.types(),
         "embeddings": inventory.embeddings,
+        **({"fused_tensors": fused} if (fused := _fused_tensors(chosen)) else {}),
     }
     return ordered, provenance
+
+
+def _fused_tensors(matrices: list[Matrix]) -> list[str]:
+    """The stored 3-D expert tensors (module names) whose experts were scored one by one: the YAML
+    names those tensors, which are what exists, also when no view of the trainer's model is at hand."""
+    return sorted({without_expert_index(matrix.module) for matrix in matrices if matrix.expert is not None})
 
 
 def _shard_record(shard: ShardInfo) -> dict:

@@ -28,6 +28,27 @@ class ModuleScore:
 
 
 @dataclass
+class _StoredFused:
+    """Without a view of the trainer's model: the checkpoint's own fused 3-D expert tensors (recorded by
+    the scan as `fused_tensors`), so that their experts' scores are restated as those tensors, which
+    exist, rather than as per-expert names that exist nowhere. Every other name stays as stored."""
+
+    parameters: dict[str, tuple[int, ...]]
+    fused: set[str]
+
+    @classmethod
+    def of(cls, meta: dict) -> "_StoredFused | None":
+        names = meta.get("fused_tensors")
+        if not isinstance(names, list):
+            return None
+        fused = {name for name in names if isinstance(name, str)}
+        return cls(dict.fromkeys(fused, ()), fused) if fused else None
+
+    def parameter_of(self, tensor_name: str) -> str:
+        return tensor_name
+
+
+@dataclass
 class Scores:
     """Scores of every scanned matrix of a model, plus what is known of where they came from.
 
@@ -50,7 +71,7 @@ class Scores:
     ) -> tuple[list[tuple[str, float, str]], dict[str, str]]:
         rows = [(module, score.snr, score.type) for module, score in self.entries.items()
                 if types is None or score.type in types]
-        return trainer_entries(rows, view, group_experts=group_experts)
+        return trainer_entries(rows, view or _StoredFused.of(self.meta), group_experts=group_experts)
 
     def by_type(
         self,

@@ -145,6 +145,14 @@ def test_fused_3d_expert_tensors_are_scored_per_expert(tmp_path):
     text = checked_yaml(scores, 50, model=str(tmp_path))
     assert "(fused: each ranked by the mean score of its 4 source matrices, as" in text
     assert len(unfrozen(meta_parameters("mixtral"), yaml_entries(text))) == 9
+    # Without the check (no view of the model), the YAML still names the stored fused tensors, which
+    # exist, ranked the same way: not per-expert names that exist nowhere.
+    assert scores.meta["fused_tensors"] == [f"model.layers.{layer}.mlp.experts.{kind}" for layer in range(2)
+                                            for kind in ("down_proj", "gate_up_proj")]
+    unchecked = checked_yaml(scores, 50, model=str(tmp_path), check=False, embeddings=False)
+    expert_entries = [entry for entry in yaml_entries(unchecked) if ".experts." in entry]
+    assert expert_entries and unmatched_entries(expert_entries, list(state)) == []
+    assert [e for e in yaml_entries(unchecked) if "experts" in e] == [e for e in yaml_entries(text) if "experts" in e]
 
 
 def test_axolotl_rule():
