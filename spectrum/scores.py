@@ -105,8 +105,12 @@ class Scores:
         tied head), else the checkpoint's recorded tensor names, else the reference's two lines.
         """
         if view is not None:
-            output = next((p for p in view.parameters if is_output_head(module_name(p) or p)), None)
-            inputs = next((p for p in view.parameters if is_input_embedding(module_name(p) or p)), None)
+            known = getattr(view, "embeddings", None)  # the model's own get_input/output_embeddings()
+            if known is not None:
+                inputs, output = known
+            else:
+                output = next((p for p in view.parameters if is_output_head(module_name(p) or p)), None)
+                inputs = next((p for p in view.parameters if is_input_embedding(module_name(p) or p)), None)
             return [f"^{literal_entry(name)}$" for name in (output, inputs) if name]
         recorded = self.meta.get("embeddings")
         if not isinstance(recorded, dict):

@@ -57,6 +57,9 @@ class TrainerView:
         fused: parameter names built from several checkpoint tensors (e.g. fused experts).
         ignored: the model's `_keys_to_ignore_on_load_unexpected`: patterns (`re.search`) of checkpoint
             tensors transformers drops on load, such as DeepSeek-V3's multi-token-prediction layer 61.
+        embeddings: (input, output) embedding parameter names, from the model's own
+            `get_input_embeddings()` / `get_output_embeddings()` (None for a tied or missing head);
+            None when not known (the names are then guessed from the parameters).
     """
 
     architecture: str
@@ -64,6 +67,7 @@ class TrainerView:
     renamed: dict[str, str] = field(default_factory=dict)
     fused: set[str] = field(default_factory=set)
     ignored: tuple[str, ...] = ()
+    embeddings: tuple[str | None, str | None] | None = None
 
     def parameter_of(self, tensor_name: str) -> str:
         """The parameter a checkpoint tensor loads into (itself when transformers keeps the name)."""
@@ -94,6 +98,7 @@ def _view_to_json(view: TrainerView | None) -> dict:
             "renamed": view.renamed,
             "fused": sorted(view.fused),
             "ignored": list(view.ignored),
+            "embeddings": None if view.embeddings is None else list(view.embeddings),
         },
     }
 
@@ -112,6 +117,8 @@ def _view_from_json(payload: object) -> tuple[bool, TrainerView | None]:
             renamed={str(source): str(target) for source, target in raw["renamed"].items()},
             fused={str(name) for name in raw["fused"]},
             ignored=tuple(str(pattern) for pattern in raw["ignored"]),
+            embeddings=None if raw["embeddings"] is None else tuple(
+                None if name is None else str(name) for name in raw["embeddings"][:2]),
         )
         for pattern in view.ignored:
             re.compile(pattern)
@@ -351,7 +358,25 @@ def view_of_model(model, tensor_names: list[str]) -> TrainerView:
         if converter is not None:
             fused.add(target)
     ignored = tuple(str(pattern) for pattern in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ())
-    return TrainerView(type(model).__name__, parameters, renamed, fused, ignored)
+    embeddings = (_embedding_parameter(model, "get_input_embeddings", parameters),
+                  _embedding_parameter(model, "get_output_embeddings", parameters))
+    return TrainerView(type(model).__name__, parameters, renamed, fused, ignored, embeddings)
+
+
+def _embedding_parameter(model, getter: str, parameters: dict) -> str | None:
+    """The weight of the module `model.<getter>()` returns, by its parameter name; None when there is
+    none, or when it is not a parameter of its own (a head tied to the input embeddings)."""
+    try:
+        module = getattr(model, getter)()
+    except (AttributeError, NotImplementedError, TypeError, ValueError):
+        return None
+    if module is None:
+        return None
+    for name, candidate in model.named_modules():
+        if candidate is module:
+            weight = f"{name}.weight" if name else "weight"
+            return weight if weight in parameters else None
+    return None
 
 
 def _without_dropped(scores, view: TrainerView):

@@ -303,3 +303,29 @@ def test_tensors_transformers_drops_on_load_are_left_out_of_the_yaml(tmp_path, m
     assert warning.startswith("warning: 21 scored matrices are checkpoint tensors DeepseekV3ForCausalLM drops on load "
                               "(model.layers.61.")
     assert "layers.61" not in result.stdout and "- model.layers.1." in result.stdout
+
+
+def test_the_embedding_lines_name_the_language_models_embeddings():
+    """InstructBLIP has a Q-Former with word embeddings of its own: the input-embedding line names
+    what the model's get_input_embeddings() returns, the language model's; the head is its lm_head."""
+    vision = T.InstructBlipVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
+                                        image_size=32, patch_size=8)
+    qformer = T.InstructBlipQFormerConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                          intermediate_size=48, encoder_hidden_size=32)
+    text = T.LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
+                         num_key_value_heads=2, tie_word_embeddings=False)
+    with torch.device("meta"):
+        model = T.InstructBlipForConditionalGeneration(T.InstructBlipConfig(
+            vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), text_config=text.to_dict(), num_query_tokens=4))
+    from spectrum.scores import Scores
+    from spectrum.trainer import view_of_model
+
+    view = view_of_model(model, [])
+    patterns = Scores("x", {}).embedding_patterns(view)
+    assert view.embeddings == ("language_model.model.embed_tokens.weight", "language_model.lm_head.weight")
+    assert patterns == ["^language_model.lm_head.weight$", "^language_model.model.embed_tokens.weight$"]
+    assert any(name.startswith("qformer.embeddings.word_embeddings") for name in view.parameters)  # the decoy
+    with torch.device("meta"):
+        tied = T.LlamaForCausalLM(T.LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                                num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
+    assert view_of_model(tied, []).embeddings == ("model.embed_tokens.weight", None)  # a tied head: no line of its own
