@@ -42,15 +42,18 @@ class EntryLock:
         self.on_wait = on_wait
         self.waited = False
         self._fd: int | None = None
-        self._made_folder: str | None = None
+        self._made_folder: tuple[str, str] | None = None  # (the cache folder, the outermost folder created)
 
     def acquire(self) -> "EntryLock":
         folder = os.path.dirname(self.path) or "."
         while True:
             if not os.path.isdir(folder):
+                missing = folder  # the outermost folder this lock creates, to remove again if left empty
+                while os.path.dirname(missing) not in ("", missing) and not os.path.isdir(os.path.dirname(missing)):
+                    missing = os.path.dirname(missing)
                 try:
                     os.makedirs(folder)
-                    self._made_folder = folder
+                    self._made_folder = (folder, missing)
                 except FileExistsError:
                     pass
                 except OSError as err:
@@ -106,10 +109,15 @@ class EntryLock:
         os.close(self._fd)  # closing drops the flock
         self._fd = None
         if self._made_folder:
-            try:
-                os.rmdir(self._made_folder)  # only when empty: a failed first scan leaves no folder behind
-            except OSError:
-                pass
+            folder, outermost = self._made_folder
+            while True:  # only while empty, up to what this lock created: a failed first scan leaves no folder behind
+                try:
+                    os.rmdir(folder)
+                except OSError:
+                    break
+                if folder == outermost:
+                    break
+                folder = os.path.dirname(folder)
             self._made_folder = None
 
     def __enter__(self) -> "EntryLock":

@@ -148,3 +148,17 @@ def hold_in_another_process(path: str) -> subprocess.Popen:
     )
     assert holder.stdout.readline() == "locked\n"
     return holder
+
+
+def test_a_failed_first_scan_into_new_nested_folders_leaves_none_behind(tmp_path, tiny_llama_dir):
+    from conftest import run_cli
+
+    broken = tmp_path / "model"
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")
+    result = run_cli("--model", str(broken), "--cache-dir", "deep/er/cache", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert listing(tmp_path) == ["model"], "deep/er/cache was created for the lock and is removed again"
+    (tmp_path / "kept").mkdir()
+    result = run_cli("--model", str(broken), "--cache-dir", "kept/new", cwd=tmp_path)
+    assert result.returncode == 1 and listing(tmp_path / "kept") == []  # an existing folder stays
