@@ -35,10 +35,21 @@ def parse_top_percent(value: str | float | int) -> Fraction:
 
 
 def format_percent(top_percent: Fraction) -> str:
-    """`25` for whole numbers, `12.5` otherwise (as it appears in file names)."""
+    """`25` for whole numbers, `12.5` otherwise (as it appears in file names): every digit of a
+    decimal K (which `parse_top_percent` makes), so that the name never says another K."""
     if top_percent.denominator == 1:
         return str(top_percent.numerator)
-    return format(Decimal(top_percent.numerator) / Decimal(top_percent.denominator), "f").rstrip("0")
+    rest, places = top_percent.denominator, 0
+    for prime in (2, 5):
+        count = 0
+        while rest % prime == 0:
+            rest //= prime
+            count += 1
+        places = max(places, count)
+    if rest != 1:  # not a decimal (a Fraction from the Python API, 1/3 say): 28 significant digits
+        return format(Decimal(top_percent.numerator) / Decimal(top_percent.denominator), "f").rstrip("0").rstrip(".")
+    digits = str(abs(top_percent.numerator) * 10**places // top_percent.denominator).rjust(places + 1, "0")
+    return f"{'-' if top_percent < 0 else ''}{digits[:-places]}.{digits[-places:]}".rstrip("0")
 
 
 def keep_count(total: int, top_percent: Fraction) -> int:

@@ -21,6 +21,10 @@ def test_parse_top_percent():
 
 def test_format_percent():
     assert format_percent(Fraction(25)) == "25"
+    long = "99.99999999999999999999999999999"  # 31 digits: every one is kept, the name never says 100
+    assert format_percent(parse_top_percent(long)) == long
+    assert format_percent(parse_top_percent("1e-30")) == "0." + "0" * 29 + "1"
+    assert format_percent(Fraction(1, 3)) == "0.3333333333333333333333333333"  # from the Python API
     assert format_percent(parse_top_percent("12.50")) == "12.5"
     assert format_percent(parse_top_percent("0.1")) == "0.1"
 
