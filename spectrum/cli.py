@@ -443,8 +443,10 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv or os.environ.get("SPECTRUM_DEBUG") == "1"
     install_log_handler()
     try:
-        if argv[:1] == ["report"]:
-            return run_report(build_report_parser().parse_args(argv[1:]))
+        words = [word for word in argv if word != "--debug"]  # `spectrum --debug report ...` is the report too
+        if words[:1] == ["report"]:
+            at = argv.index("report")
+            return run_report(build_report_parser().parse_args(argv[:at] + argv[at + 1:]))
         args = build_parser().parse_args(argv)
         return run(args)
     except SpectrumError as err:

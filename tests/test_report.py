@@ -151,6 +151,9 @@ def test_report_paths_and_types(cache):
     from PIL import Image
 
     assert Image.open(out / "q.png").size == heatmap_size(4, ["self_attn.q_proj"])
+    # --debug before the subcommand is the report's too
+    assert main(["--debug", "report", str(scores_file), "--png", str(out / "all.png"), "--no-html", "--quiet"]) == 0
+    assert (out / "all.png").is_file()
 
 
 def test_report_needs_the_cache(tmp_path, capsys, monkeypatch):
