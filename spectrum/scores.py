@@ -12,6 +12,7 @@ from .select import (
     ParameterNames,
     format_percent,
     parse_top_percent,
+    entry_names,
     literal_entry,
     render_yaml,
     select_by_type,
@@ -96,7 +97,7 @@ class Scores:
     ) -> list[str]:
         """The modules to unfreeze: the top `top_percent`% of each type."""
         selection = self.by_type(types, top_percent, view=view, group_experts=group_experts)
-        return [module for modules in selection.values() for module in modules]
+        return [name for modules in selection.values() for module in modules for name in entry_names(module)]
 
     def embedding_patterns(self, view: ParameterNames | None = None) -> list[str]:
         """`^<name>$` lines for the output head and the input embeddings.

@@ -115,6 +115,10 @@ def trainer_entries(
         if view is None:
             restated.append((module, score, type_name))
             continue
+        split = getattr(view, "split", {}).get(module + ".weight")
+        if split:  # one checkpoint tensor, several parameters (Dinov2's SwiGLU weights_in): all of them
+            restated.append((tuple(_without_weight(name) for name in split), score, type_name))
+            continue
         parameter = view.parameter_of(module + ".weight")
         if parameter not in view.parameters and without_expert_index(module) in view.parameters:
             parameter = without_expert_index(module)  # one expert of a fused 3-D checkpoint tensor
@@ -126,8 +130,7 @@ def trainer_entries(
                 restated.append((parameter, [], fused_type))
             restated[fused_at[parameter]][1].append(score)  # type: ignore[union-attr]
             continue
-        name = parameter[: -len(".weight")] if parameter.endswith(".weight") else parameter
-        restated.append((name, score, type_name))
+        restated.append((_without_weight(parameter), score, type_name))
     result = []
     for name, score, type_name in restated:
         if isinstance(score, list):
@@ -136,6 +139,15 @@ def trainer_entries(
             score = fmean(score)
         result.append((name, score, type_name))
     return result, notes
+
+
+def _without_weight(name: str) -> str:
+    return name[: -len(".weight")] if name.endswith(".weight") else name
+
+
+def entry_names(module: str | tuple[str, ...]) -> tuple[str, ...]:
+    """The names a selected row stands for: one module, or every parameter a split tensor becomes."""
+    return module if isinstance(module, tuple) else (module,)
 
 
 def render_yaml(
@@ -160,7 +172,7 @@ def render_yaml(
     for type_name, modules in selection.items():
         note = (notes or {}).get(type_name)
         lines.append(f"# {_comment(type_name)} layers" + (f" ({_comment(note)})" if note else ""))
-        lines.extend(f"- {_scalar(literal_entry(module))}" for module in modules)
+        lines.extend(f"- {_scalar(literal_entry(name))}" for module in modules for name in entry_names(module))
     return "\n".join(lines) + "\n"
 
 

@@ -57,6 +57,8 @@ class TrainerView:
         fused: parameter names built from several checkpoint tensors (e.g. fused experts).
         ignored: the model's `_keys_to_ignore_on_load_unexpected`: patterns (`re.search`) of checkpoint
             tensors transformers drops on load, such as DeepSeek-V3's multi-token-prediction layer 61.
+        split: checkpoint tensor -> every parameter transformers splits it into (Dinov2's SwiGLU
+            `mlp.weights_in` -> `mlp.gate_proj` and `mlp.up_proj`); `renamed` gives the first.
         embeddings: (input, output) embedding parameter names, from the model's own
             `get_input_embeddings()` / `get_output_embeddings()` (None for a tied or missing head);
             None when not known (the names are then guessed from the parameters).
@@ -68,6 +70,7 @@ class TrainerView:
     fused: set[str] = field(default_factory=set)
     ignored: tuple[str, ...] = ()
     embeddings: tuple[str | None, str | None] | None = None
+    split: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def parameter_of(self, tensor_name: str) -> str:
         """The parameter a checkpoint tensor loads into (itself when transformers keeps the name)."""
@@ -99,6 +102,7 @@ def _view_to_json(view: TrainerView | None) -> dict:
             "fused": sorted(view.fused),
             "ignored": list(view.ignored),
             "embeddings": None if view.embeddings is None else list(view.embeddings),
+            "split": {name: list(targets) for name, targets in view.split.items()},
         },
     }
 
@@ -119,6 +123,7 @@ def _view_from_json(payload: object) -> tuple[bool, TrainerView | None]:
             ignored=tuple(str(pattern) for pattern in raw["ignored"]),
             embeddings=None if raw["embeddings"] is None else tuple(
                 None if name is None else str(name) for name in raw["embeddings"][:2]),
+            split={str(name): tuple(str(target) for target in targets) for name, targets in raw["split"].items()},
         )
         for pattern in view.ignored:
             re.compile(pattern)
@@ -351,16 +356,38 @@ def view_of_model(model, tensor_names: list[str]) -> TrainerView:
     state = model.state_dict()
     renamed: dict[str, str] = {}
     fused: set[str] = set()
+    split: dict[str, tuple[str, ...]] = {}
     for name in tensor_names:
-        target, converter = rename_source_key(name, renamings, converters, model.base_model_prefix, state)
+        target, source_pattern = rename_source_key(name, renamings, converters, model.base_model_prefix, state)
         if target != name:
             renamed[name] = target
-        if converter is not None:
+        if source_pattern is None:
+            continue
+        targets = _split_targets(target, source_pattern, converters)
+        if targets is not None and all(each in parameters for each in targets):
+            split[name] = targets  # one tensor, several parameters: each is unfrozen
+        else:
             fused.add(target)
     ignored = tuple(str(pattern) for pattern in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ())
     embeddings = (_embedding_parameter(model, "get_input_embeddings", parameters),
                   _embedding_parameter(model, "get_output_embeddings", parameters))
-    return TrainerView(type(model).__name__, parameters, renamed, fused, ignored, embeddings)
+    return TrainerView(type(model).__name__, parameters, renamed, fused, ignored, embeddings, split)
+
+
+def _split_targets(target: str, source_pattern: str, converters) -> tuple[str, ...] | None:
+    """Every parameter of a one-to-many converter (one source pattern, several targets), from the
+    first, which is all `rename_source_key` returns; None for any other converter, or for patterns
+    that are not plain names."""
+    for converter in converters:
+        sources, targets = list(converter.source_patterns), list(converter.target_patterns)
+        if source_pattern not in sources:
+            continue
+        if len(sources) != 1 or len(targets) < 2 or targets[0] not in target or any("\\" in t for t in targets):
+            return None
+        head = target[: target.rindex(targets[0])]
+        tail = target[target.rindex(targets[0]) + len(targets[0]):]
+        return tuple(head + each + tail for each in targets)
+    return None
 
 
 def _embedding_parameter(model, getter: str, parameters: dict) -> str | None:

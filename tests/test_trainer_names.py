@@ -329,3 +329,25 @@ def test_the_embedding_lines_name_the_language_models_embeddings():
         tied = T.LlamaForCausalLM(T.LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
                                                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
     assert view_of_model(tied, []).embeddings == ("model.embed_tokens.weight", None)  # a tied head: no line of its own
+
+
+def test_a_tensor_transformers_splits_unfreezes_every_part(tmp_path, monkeypatch):
+    """Dinov2 with SwiGLU stores one `mlp.weights_in` matrix, which transformers 5 splits into
+    `mlp.gate_proj` and `mlp.up_proj`: a selected weights_in names both, so both train."""
+    import spectrum
+
+    monkeypatch.setenv("SPECTRUM_CACHE", str(tmp_path / "views"))
+    torch.manual_seed(0)
+    config = T.Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=4, image_size=32,
+                            patch_size=8, use_swiglu_ffn=True, architectures=["Dinov2Model"])
+    model = T.Dinov2Model(config)
+    model.save_pretrained(tmp_path / "dino")
+    scores = scan(str(tmp_path / "dino"), device="cpu", threads=1)
+    best = max(range(2), key=lambda layer: scores.entries[f"encoder.layer.{layer}.mlp.weights_in"].snr)
+    text = checked_yaml(scores, 50, model=str(tmp_path / "dino"), embeddings=False)
+    section = text.split("# mlp.weights_in layers\n")[1].split("#")[0]
+    assert section == f"- encoder.layer.{best}.mlp.gate_proj\n- encoder.layer.{best}.mlp.up_proj\n"
+    unfrozen_names = spectrum.freeze(model, scores, top_percent=50, embeddings=False).names
+    assert {f"encoder.layer.{best}.mlp.{kind}.{part}" for kind in ("gate_proj", "up_proj")
+            for part in ("weight", "bias")} <= set(unfrozen_names)
+    assert not [name for name in unfrozen_names if f"encoder.layer.{1 - best}.mlp.gate_proj" in name]
