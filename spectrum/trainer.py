@@ -357,6 +357,7 @@ def view_of_model(model, tensor_names: list[str]) -> TrainerView:
     renamed: dict[str, str] = {}
     fused: set[str] = set()
     split: dict[str, tuple[str, ...]] = {}
+    sources: dict[str, int] = {}  # converter target -> checkpoint tensors that load into it
     for name in tensor_names:
         target, source_pattern = rename_source_key(name, renamings, converters, model.base_model_prefix, state)
         if target != name:
@@ -366,8 +367,13 @@ def view_of_model(model, tensor_names: list[str]) -> TrainerView:
         targets = _split_targets(target, source_pattern, converters)
         if targets is not None and all(each in parameters for each in targets):
             split[name] = targets  # one tensor, several parameters: each is unfrozen
-        else:
-            fused.add(target)
+            continue
+        sources[target] = sources.get(target, 0) + 1
+        if "*" in source_pattern:  # one pattern for every expert: fused even when one expert was scored
+            sources[target] += 1
+    # Fused: several tensors into one parameter. A converter from one tensor to one parameter (a
+    # transpose, a permutation) changes its layout, not what it is: that is a rename.
+    fused = {target for target, count in sources.items() if count > 1}
     ignored = tuple(str(pattern) for pattern in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ())
     embeddings = (_embedding_parameter(model, "get_input_embeddings", parameters),
                   _embedding_parameter(model, "get_output_embeddings", parameters))

@@ -351,3 +351,24 @@ def test_a_tensor_transformers_splits_unfreezes_every_part(tmp_path, monkeypatch
     assert {f"encoder.layer.{best}.mlp.{kind}.{part}" for kind in ("gate_proj", "up_proj")
             for part in ("weight", "bias")} <= set(unfrozen_names)
     assert not [name for name in unfrozen_names if f"encoder.layer.{1 - best}.mlp.gate_proj" in name]
+
+
+def test_a_tensor_converted_one_to_one_is_a_rename_not_a_fusion():
+    """ERNIE-4.5-VL's router `mlp.gate.weight` is transposed into `mlp.text_moe.gate.weight`: one tensor,
+    one parameter, another layout. The YAML names the parameter's module under the checkpoint's type,
+    with no "fused" note."""
+    from spectrum.scores import ModuleScore, Scores
+    from spectrum.trainer import view_of_model
+
+    text = T.Ernie4_5_VLMoeTextConfig(vocab_size=64, hidden_size=256, intermediate_size=48, moe_intermediate_size=[16, 16],
+                                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, moe_num_experts=2,
+                                      moe_k=1, moe_layer_start_index=1)
+    config = T.Ernie4_5_VLMoeConfig(text_config=text.to_dict(), vision_config=dict(
+        depth=1, hidden_size=32, intermediate_size=48, num_heads=4, patch_size=2, spatial_merge_size=2))
+    with torch.device("meta"):
+        model = T.Ernie4_5_VLMoeForConditionalGeneration(config)
+    view = view_of_model(model, ["model.layers.1.mlp.gate.weight"])
+    assert view.renamed == {"model.layers.1.mlp.gate.weight": "model.language_model.layers.1.mlp.text_moe.gate.weight"}
+    assert view.fused == set()
+    yaml = Scores("x", {"model.layers.1.mlp.gate": ModuleScore(0.5, "mlp.gate")}).to_yaml(100, view=view, embeddings=False)
+    assert yaml.splitlines()[-2:] == ["# mlp.gate layers", "- model.language_model.layers.1.mlp.text_moe.gate"]
