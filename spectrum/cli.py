@@ -29,6 +29,7 @@ from .report import (
     scan_progress,
 )
 from .inventory import default_type_filter, take_inventory
+from .scores import Scores
 from .select import format_percent, parse_top_percent
 from .thresholds import DEFAULT_THRESHOLD, THRESHOLDS
 from .sources import open_source
@@ -238,6 +239,7 @@ def run_model(
         selected_types = default_types_of(scores)
     elif patterns and not selected_types:  # as the scan says it, when the scores are cached
         raise SpectrumError("no weight matrix matches the requested types; run with --list-types to see the checkpoint's types")
+    dropped: list[str] = []  # modules transformers drops on load: out of the YAML, so out of the summary
     yaml_text = checked_yaml(
         scores,
         top_percent,
@@ -248,6 +250,7 @@ def run_model(
         group_experts=args.group_experts,
         check=args.check,
         build=builds[0] if builds else None,
+        on_dropped=dropped.extend,
     )
     percent_text = format_percent(top_percent)
     if args.output == "-":
@@ -257,6 +260,9 @@ def run_model(
     else:
         yaml_file = args.output or f"{os.path.basename(cache_file)[: -len('.json')]}_unfrozenparameters_{percent_text}percent.yaml"
         atomic_write_text(yaml_file, yaml_text)
+    if dropped:
+        gone = set(dropped)
+        scores = Scores(scores.model, {m: s for m, s in scores.entries.items() if m not in gone}, scores.meta)
     summaries = summarize(scores, top_percent, types=selected_types, group_experts=args.group_experts)
     seconds = time.perf_counter() - started
     record = summary_record(

@@ -24,6 +24,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from importlib import metadata
+from typing import Callable
 
 LOG = logging.getLogger("spectrum")
 
@@ -412,19 +413,19 @@ def _embedding_parameter(model, getter: str, parameters: dict) -> str | None:
     return None
 
 
-def _without_dropped(scores, view: TrainerView):
+def _without_dropped(scores, view: TrainerView) -> tuple:
     """The scores less the matrices transformers drops on load: they become no parameter, so an entry
     for one could only fail the check, or with --no-check push a real module out of the selection."""
     from .scores import Scores
 
     dropped = [module for module in scores.entries if view.drops(module + ".weight")]
     if not dropped:
-        return scores
+        return scores, []
     LOG.warning("%d scored matrices are checkpoint tensors %s drops on load (%s%s); left out of the YAML",
                 len(dropped), view.architecture, ", ".join(dropped[:3]), ", ..." if len(dropped) > 3 else "")
     gone = set(dropped)
     kept = {module: score for module, score in scores.entries.items() if module not in gone}
-    return Scores(model=scores.model, entries=kept, meta=scores.meta)
+    return Scores(model=scores.model, entries=kept, meta=scores.meta), dropped
 
 
 def checked_yaml(
@@ -438,6 +439,7 @@ def checked_yaml(
     group_experts: bool = False,
     check: bool | None = None,
     build: ModelBuild | None = None,
+    on_dropped: Callable[[list[str]], None] | None = None,
 ) -> str:
     """The YAML under the names of the model the trainer builds, verified against it.
 
@@ -446,6 +448,7 @@ def checked_yaml(
             matches no parameter; None (default): the same when `config.json` is found and
             transformers knows the architecture, else names as stored; False: names as stored.
         build: the model for the check, already being built (`start_model_build`, during the scan).
+        on_dropped: called with the scored modules left out because transformers drops them on load.
 
     Raises:
         SpectrumError: an entry matches no parameter, or `check=True` and the model cannot be built.
@@ -471,7 +474,9 @@ def checked_yaml(
                 f"{model} (pass --no-check to write the names as stored)"
             )
     if view is not None and view.ignored:
-        scores = _without_dropped(scores, view)
+        scores, dropped = _without_dropped(scores, view)
+        if dropped and on_dropped:
+            on_dropped(dropped)
     text = scores.to_yaml(top_percent, types=types, embeddings=embeddings, view=view, group_experts=group_experts)
     if view is not None:
         missing = unmatched_entries(yaml_entries(text), list(view.parameters))

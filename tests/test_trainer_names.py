@@ -4,6 +4,7 @@ GPT-2, T5, checked against the model built on the meta device from its config.""
 import hashlib
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -277,6 +278,11 @@ def test_an_unbuildable_model_built_in_the_background_gives_no_view(tmp_path, mo
     assert build.result() is None
 
 
+def load_json_scores(working: Path, model: Path) -> dict:
+    (scores_file,) = [p for p in (working / "model_snr_results").glob("snr_results_*.json") if not p.name.endswith(".meta.json")]
+    return json.loads(scores_file.read_text())
+
+
 def test_tensors_transformers_drops_on_load_are_left_out_of_the_yaml(tmp_path, monkeypatch):
     """DeepSeek-V3 checkpoints hold a multi-token-prediction layer 61 that transformers drops on load
     (`_keys_to_ignore_on_load_unexpected`). Here its copy of layer 1 scores higher than layer 1 itself,
@@ -303,6 +309,11 @@ def test_tensors_transformers_drops_on_load_are_left_out_of_the_yaml(tmp_path, m
     assert warning.startswith("warning: 21 scored matrices are checkpoint tensors DeepseekV3ForCausalLM drops on load "
                               "(model.layers.61.")
     assert "layers.61" not in result.stdout and "- model.layers.1." in result.stdout
+    # The summary counts what the YAML chose from: the dropped layer is not in it either.
+    summary = run_cli("--model", str(folder), "--top-percent", "50", "--json", "--output", "x.yaml", cwd=tmp_path)
+    record = json.loads(summary.stdout)
+    assert summary.returncode == 0 and record["matrices"] == len(load_json_scores(tmp_path, folder)) - 21
+    assert not [m for row in record["types"] for m in row["selected_modules"] if ".61." in m]
 
 
 def test_the_embedding_lines_name_the_language_models_embeddings():
