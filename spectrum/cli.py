@@ -167,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
     for position, model in enumerate(models, start=1):
         try:
             record = run_model(args, model, top_percent, patterns, interactive=interactive, first=position == 1)
+        except BrokenPipeError:
+            raise  # the reader of stdout is gone (`| head`): stop, as other tools do
         except Exception as err:  # noqa: BLE001 - with several models, even a bug only fails its own model
             message = _message(err)
             if args.json:
@@ -457,6 +459,12 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except SpectrumError as err:
         return _fail(err, err.exit_code, debug)
+    except BrokenPipeError:  # stdout's reader closed it (`spectrum ... --json | head -1`): stop quietly
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        except (OSError, ValueError):
+            pass
+        return 141  # 128 + SIGPIPE, what a shell reports for a pipeline's writer
     except KeyboardInterrupt as err:  # a ScanInterrupted says what is saved for the next run
         detail = str(err) or "files already written are complete, nothing was half-written"
         console.print(f"spectrum: interrupted; {detail}", markup=False, highlight=False, soft_wrap=True)

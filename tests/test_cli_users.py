@@ -210,3 +210,16 @@ def test_json_is_standard_with_infinite_scores(tmp_path):
     (record,) = [json.loads(line, parse_constant=refuse) for line in result.stdout.splitlines()]
     (row,) = record["types"]
     assert row["max"] is None and row["min"] == 0.5 and row["median"] is None
+
+
+def test_a_closed_stdout_stops_the_run_quietly(tiny_llama_dir, tmp_path):
+    """`spectrum ... --json | head -1` with several models: once the reader is gone, the run stops with
+    141 (128 + SIGPIPE, as a shell reports it), without an error line per remaining model."""
+    first = run_cli("--model", str(tiny_llama_dir), "--no-check", "--quiet", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    process = subprocess.Popen([sys.executable, "-m", "spectrum", *["--model", str(tiny_llama_dir)] * 3, "--no-check",
+                                "--json"], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader is gone before the first line
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141, stderr
+    assert "error" not in stderr and "failed" not in stderr, stderr
