@@ -29,10 +29,10 @@ from .report import (
     scan_progress,
 )
 from .inventory import default_type_filter, take_inventory
-from .scores import Scores
 from .select import format_percent, parse_top_percent
 from .thresholds import DEFAULT_THRESHOLD, THRESHOLDS
 from .sources import open_source
+from .sources.base import check_revision
 from .store import load_or_scan
 from .summary import summarize, summary_record
 from .trainer import ModelBuild, checked_yaml, start_model_build
@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
                 _print_json({"model": model, "ok": False, "error": message})
             if isinstance(err, UsageError) or not several:
                 raise
-            if (args.debug or os.environ.get("SPECTRUM_DEBUG") == "1") and not isinstance(err, (SpectrumError, OSError)):
+            if _debugging(args.debug) and not isinstance(err, (SpectrumError, OSError)):
                 traceback.print_exc()
             failed.append(model)
             print_status(position, len(models), model, message.removeprefix(f"{model}: "), ok=False)
@@ -263,8 +263,7 @@ def run_model(
         yaml_file = args.output or f"{os.path.basename(cache_file)[: -len('.json')]}_unfrozenparameters_{percent_text}percent.yaml"
         atomic_write_text(yaml_file, yaml_text)
     if dropped:
-        gone = set(dropped)
-        scores = Scores(scores.model, {m: s for m, s in scores.entries.items() if m not in gone}, scores.meta)
+        scores = scores.without(dropped)
     summaries = summarize(scores, top_percent, types=selected_types, group_experts=args.group_experts)
     seconds = time.perf_counter() - started
     record = summary_record(
@@ -310,8 +309,8 @@ def _check_flags(args: argparse.Namespace, models: list[str]) -> None:
         raise UsageError("--json and --output - both write to stdout; give --output a file path, or drop --json")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.device):
         raise UsageError(f"--device {args.device!r} is not a device; use auto, cpu, cuda or cuda:N")
-    if args.revision and len(models) == 1 and os.path.exists(os.path.expanduser(models[0])):
-        raise UsageError(f"--revision applies to Hub ids, but {models[0]} is a local path; drop --revision")
+    if len(models) == 1:
+        check_revision(models[0], args.revision)
     if len(models) > 1:
         for flag, value in (("--name", args.name), ("--revision", args.revision), ("--list-types", args.list_types)):
             if value:
@@ -448,7 +447,7 @@ def list_types(model: str, revision: str | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in argv or os.environ.get("SPECTRUM_DEBUG") == "1"
+    debug = _debugging("--debug" in argv)
     install_log_handler()
     try:
         words = [word for word in argv if word != "--debug"]  # `spectrum --debug report ...` is the report too
@@ -474,6 +473,11 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"{where}{err.strerror or err}", 1, debug)
     except Exception as err:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         return _fail(_unexpected(err), 1, debug)
+
+
+def _debugging(flag: bool) -> bool:
+    """Tracebacks wanted: --debug, or SPECTRUM_DEBUG=1."""
+    return flag or os.environ.get("SPECTRUM_DEBUG") == "1"
 
 
 def _fail(message: object, code: int, debug: bool) -> int:

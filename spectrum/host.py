@@ -9,6 +9,7 @@ such scan. `spectrum.engine` uses the same blocked Gram matrix for torch tensors
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 
@@ -139,9 +140,10 @@ def singular_values(matrix: StoredArray) -> np.ndarray | None:
     (`spectrum.engine` takes torch's from there up). The caller limits OpenBLAS to one thread.
     """
     if matrix.dtype == "F64":
-        if not np.isfinite(matrix.values).all():
+        largest = _largest_magnitude(matrix.values)
+        if not math.isfinite(largest):
             return None  # float64 squares could overflow: look at the entries themselves
-        exponent = extreme_exponent(matrix.values)
+        exponent = _exponent_if_extreme(largest)
         if exponent:  # squares would leave float64's range: scale by a power of two, exactly
             values = singular_values(StoredArray(np.ldexp(matrix.values, -exponent), "F64"))
             if values is None:
@@ -161,7 +163,15 @@ def extreme_exponent(values: np.ndarray) -> int:
     """0, or the binary exponent e of a float64 matrix's largest |entry| when its squares would under- or
     overflow float64 (|e| > SAFE_EXPONENT): the Gram route then works on the matrix times 2^-e
     (exact) and multiplies the singular values by 2^e. The stored 16- and 32-bit floats never need it."""
-    largest = float(np.max(np.abs(values))) if values.size else 0.0
+    return _exponent_if_extreme(_largest_magnitude(values))
+
+
+def _largest_magnitude(values: np.ndarray) -> float:
+    """max |entry| (NaN or inf when an entry is), 0 for an empty matrix."""
+    return float(np.max(np.abs(values))) if values.size else 0.0
+
+
+def _exponent_if_extreme(largest: float) -> int:
     if largest == 0.0:
         return 0
     exponent = int(np.frexp(largest)[1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -73,6 +74,11 @@ class Scores:
         rows = [(module, score.snr, score.type) for module, score in self.entries.items()
                 if types is None or score.type in types]
         return trainer_entries(rows, view or _StoredFused.of(self.meta), group_experts=group_experts)
+
+    def without(self, modules: Iterable[str]) -> "Scores":
+        """These scores less the given modules (same provenance)."""
+        gone = set(modules)
+        return Scores(self.model, {module: score for module, score in self.entries.items() if module not in gone}, self.meta)
 
     def by_type(
         self,

@@ -46,10 +46,11 @@ def format_percent(top_percent: Fraction) -> str:
             rest //= prime
             count += 1
         places = max(places, count)
-    if rest != 1:  # not a decimal (a Fraction from the Python API, 1/3 say): 28 significant digits
-        return format(Decimal(top_percent.numerator) / Decimal(top_percent.denominator), "f").rstrip("0").rstrip(".")
-    digits = str(abs(top_percent.numerator) * 10**places // top_percent.denominator).rjust(places + 1, "0")
-    return f"{'-' if top_percent < 0 else ''}{digits[:-places]}.{digits[-places:]}".rstrip("0")
+    if rest == 1:  # a decimal: exactly `places` digits after the point
+        value = Decimal(f"{top_percent.numerator * 10**places // top_percent.denominator}e-{places}")  # exact: no context rounding
+    else:  # not a decimal (a Fraction from the Python API, 1/3 say): 28 significant digits
+        value = Decimal(top_percent.numerator) / Decimal(top_percent.denominator)
+    return format(value, "f").rstrip("0").rstrip(".")
 
 
 def keep_count(total: int, top_percent: Fraction) -> int:

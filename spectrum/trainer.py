@@ -253,7 +253,8 @@ def start_model_build(model: str, revision: str | None = None, *, check: bool | 
     if config is None:
         return None
     config_key = _config_key(config)
-    if config_key is not None and os.path.isdir(_views_of(config_key)) and os.listdir(_views_of(config_key)):
+    views = None if config_key is None else _views_of(config_key)
+    if views is not None and os.path.isdir(views) and os.listdir(views):
         return None
     return ModelBuild(config)
 
@@ -358,7 +359,7 @@ def view_of_model(model, tensor_names: list[str]) -> TrainerView:
     renamed: dict[str, str] = {}
     fused: set[str] = set()
     split: dict[str, tuple[str, ...]] = {}
-    sources: dict[str, int] = {}  # converter target -> checkpoint tensors that load into it
+    converted: set[str] = set()  # converter targets seen so far
     for name in tensor_names:
         target, source_pattern = rename_source_key(name, renamings, converters, model.base_model_prefix, state)
         if target != name:
@@ -369,12 +370,12 @@ def view_of_model(model, tensor_names: list[str]) -> TrainerView:
         if targets is not None and all(each in parameters for each in targets):
             split[name] = targets  # one tensor, several parameters: each is unfrozen
             continue
-        sources[target] = sources.get(target, 0) + 1
-        if "*" in source_pattern:  # one pattern for every expert: fused even when one expert was scored
-            sources[target] += 1
-    # Fused: several tensors into one parameter. A converter from one tensor to one parameter (a
-    # transpose, a permutation) changes its layout, not what it is: that is a rename.
-    fused = {target for target, count in sources.items() if count > 1}
+        # Fused: several tensors into one parameter (a second one arrives, or the pattern names every
+        # expert, for when one expert was scored). One tensor into one parameter (a transpose, a
+        # permutation) changes its layout, not what it is: that is a rename.
+        if target in converted or "*" in source_pattern:
+            fused.add(target)
+        converted.add(target)
     ignored = tuple(str(pattern) for pattern in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ())
     embeddings = (_embedding_parameter(model, "get_input_embeddings", parameters),
                   _embedding_parameter(model, "get_output_embeddings", parameters))
@@ -416,16 +417,12 @@ def _embedding_parameter(model, getter: str, parameters: dict) -> str | None:
 def _without_dropped(scores, view: TrainerView) -> tuple:
     """The scores less the matrices transformers drops on load: they become no parameter, so an entry
     for one could only fail the check, or with --no-check push a real module out of the selection."""
-    from .scores import Scores
-
     dropped = [module for module in scores.entries if view.drops(module + ".weight")]
     if not dropped:
         return scores, []
     LOG.warning("%d scored matrices are checkpoint tensors %s drops on load (%s%s); left out of the YAML",
                 len(dropped), view.architecture, ", ".join(dropped[:3]), ", ..." if len(dropped) > 3 else "")
-    gone = set(dropped)
-    kept = {module: score for module, score in scores.entries.items() if module not in gone}
-    return Scores(model=scores.model, entries=kept, meta=scores.meta), dropped
+    return scores.without(dropped), dropped
 
 
 def checked_yaml(

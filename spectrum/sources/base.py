@@ -131,15 +131,20 @@ def looks_like_hub_id(model: str) -> bool:
     return bool(_HUB_ID.match(model)) and not model.endswith((".safetensors", ".json", ".gguf", ".bin"))
 
 
+def check_revision(model: str, revision: str | None) -> None:
+    """Raise UsageError when `--revision` is given for a local path (it names Hub revisions only)."""
+    if revision is not None and os.path.exists(os.path.expanduser(model)):
+        raise UsageError(f"--revision applies to Hub ids, but {model} is a local path; drop --revision")
+
+
 def open_source(model: str, *, revision: str | None = None, keep_shards: bool = True) -> TensorSource:
     """Open a local folder, a weights file (`.safetensors`, `.gguf`, `.bin`), or a Hub id `org/name`.
 
     `keep_shards=False` lets a Hub source delete the shards it downloaded once they are scanned.
     """
     expanded = os.path.expanduser(model)
+    check_revision(model, revision)
     if os.path.exists(expanded):
-        if revision is not None:
-            raise UsageError(f"--revision applies to Hub ids, but {model} is a local path; drop --revision")
         from .local import open_local
 
         return open_local(expanded)

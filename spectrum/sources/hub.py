@@ -205,10 +205,9 @@ class HubSource(ShardedSafetensors):
         ]
 
     def release(self, shard: str) -> None:
-        handle: SafetensorsFile | None = self._files.pop(shard, None)
+        handle: SafetensorsFile | None = self._files.get(shard)
         self._downloads.pop(shard, None)
-        if handle is not None:
-            handle.close()
+        super().release(shard)  # closes the file
         if self.keep_shards or shard not in self._downloaded_here or handle is None:
             return
         _delete_cached(handle.path)

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
     from ..host import StoredArray
 
+LOG = logging.getLogger("spectrum")
+
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 _MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own limit
@@ -58,8 +60,6 @@ def torch_dtype(name: str) -> "torch.dtype | None":
     entry = _DTYPE_TABLE.get(name)
     return getattr(torch, entry[0], None) if entry else None
 
-
-LOG = logging.getLogger("spectrum")
 
 def __getattr__(attribute: str):
     """`DTYPES`: safetensors dtype -> (torch dtype or None, bytes per element), built on first use."""

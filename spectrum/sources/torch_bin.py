@@ -40,6 +40,7 @@ class TorchBinSource(TensorSource):
         self.root = root
         self.shard_names = shard_names
         self._listing: list[TensorInfo] | None = None
+        self._shard_of: dict[str, str] | None = None  # tensor name -> shard, for scales stored elsewhere
 
     @classmethod
     def from_path(cls, path: str) -> TorchBinSource:
@@ -102,6 +103,7 @@ class TorchBinSource(TensorSource):
     def read(self, shard: str, infos: list[TensorInfo]):
         """As stored, except FP8 weights with a `*_scale_inv` (in their shard or another one): dequantized, float32."""
         state = self._load(shard)
+        loaded = {shard: state}  # other shards opened for their scales, once per call
         block = None
         for info in infos:
             tensor = state[info.name]
@@ -109,16 +111,23 @@ class TorchBinSource(TensorSource):
             if info.dtype in FP8_DTYPES:
                 scale = state.get(info.name + FP8_SCALE_SUFFIX)
                 if scale is None:
-                    scale = self._tensor_elsewhere(info.name + FP8_SCALE_SUFFIX)
+                    scale = self._tensor_elsewhere(info.name + FP8_SCALE_SUFFIX, loaded)
             if scale is not None:
                 block = block or fp8_block_size(read_config(self.root))
                 tensor = dequantize_fp8(tensor, scale, block, name=info.name, path=os.path.join(self.root, shard))
             yield info, tensor
 
-    def _tensor_elsewhere(self, name: str):
-        """A tensor of another shard, by name (memory-mapped: only its bytes are read); None when no shard has it."""
-        found = next((info for info in self.tensors() if info.name == name), None)
-        return None if found is None else self._load(found.shard)[name]
+    def _tensor_elsewhere(self, name: str, loaded: dict):
+        """A tensor of another shard, by name (memory-mapped: only its bytes are read); None when no
+        shard has it. `loaded`: shard -> state dict already opened by this read."""
+        if self._shard_of is None:
+            self._shard_of = {info.name: info.shard for info in self.tensors()}
+        shard = self._shard_of.get(name)
+        if shard is None:
+            return None
+        if shard not in loaded:
+            loaded[shard] = self._load(shard)
+        return loaded[shard][name]
 
     def describe(self) -> SourceDescription:
         shards = [local_shard(os.path.join(self.root, name), name) for name in self.shard_names]
