@@ -1,5 +1,5 @@
 """`python -m spectrum` runs the command line."""
 
-from .cli import main
+from ._entry import run
 
-raise SystemExit(main())
+run()

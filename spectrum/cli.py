@@ -17,7 +17,7 @@ from . import __version__
 from .cache import DEFAULT_CACHE_DIR, atomic_write_text, scores_path
 from .distributed import World, leave
 from .errors import SpectrumError, UsageError
-from .naming import compile_type_patterns, type_matches
+from .naming import compile_type_patterns, printable, type_matches
 from .report import (
     ask,
     console,
@@ -33,7 +33,7 @@ from .select import format_percent, parse_top_percent
 from .thresholds import DEFAULT_THRESHOLD, THRESHOLDS
 from .sources import open_source
 from .sources.base import check_revision
-from .store import load_or_scan
+from .store import left_out, load_or_scan
 from .summary import summarize, summary_record
 from .trainer import ModelBuild, checked_yaml, start_model_build
 
@@ -58,6 +58,18 @@ REPORT_EXAMPLES = """examples:
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, no usage block
         raise UsageError(f"{message} (see spectrum --help)")
+
+    def _print_message(self, message: str, file=None) -> None:  # --help and --version: a full disk is an error
+        if not message:
+            return
+        if file is None or file is sys.stdout:
+            _write_stdout_utf8(message)
+            return
+        try:
+            file.write(message)
+            file.flush()
+        except OSError:
+            pass  # stderr: nowhere left to say it
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,8 +179,8 @@ def run(args: argparse.Namespace) -> int:
     for position, model in enumerate(models, start=1):
         try:
             record = run_model(args, model, top_percent, patterns, interactive=interactive, first=position == 1)
-        except BrokenPipeError:
-            raise  # the reader of stdout is gone (`| head`): stop, as other tools do
+        except (BrokenPipeError, _StdoutUnwritable):
+            raise  # the reader of stdout is gone (`| head`), or stdout is closed or full: stop, as other tools do
         except Exception as err:  # noqa: BLE001 - with several models, even a bug only fails its own model
             message = _message(err)
             if args.json:
@@ -240,6 +252,9 @@ def run_model(
     if selected_types is None:
         selected_types = default_types_of(scores)
     elif patterns and not selected_types:  # as the scan says it, when the scores are cached
+        if any(type_matches(entry["type"], patterns) for entry in left_out(scores.meta).values()):
+            raise SpectrumError("every matrix of the requested types was left out when scanned (NaN or infinite "
+                                "entries, or values beyond float64; the scan named each); choose other --types")
         raise SpectrumError("no weight matrix matches the requested types; run with --list-types to see the checkpoint's types")
     dropped: list[str] = []  # modules transformers drops on load: out of the YAML, so out of the summary
     yaml_text = checked_yaml(
@@ -256,8 +271,7 @@ def run_model(
     )
     percent_text = format_percent(top_percent)
     if args.output == "-":
-        sys.stdout.write(yaml_text if first else "---\n" + yaml_text)
-        sys.stdout.flush()
+        _write_stdout_utf8(yaml_text if first else "---\n" + yaml_text)
         yaml_file = "<stdout>"
     else:
         yaml_file = args.output or f"{os.path.basename(cache_file)[: -len('.json')]}_unfrozenparameters_{percent_text}percent.yaml"
@@ -295,6 +309,10 @@ def _models(args: argparse.Namespace) -> list[str]:
         except (OSError, UnicodeDecodeError) as err:
             reason = getattr(err, "strerror", None) or str(err)
             raise UsageError(f"--models-from {args.models_from}: cannot read it ({reason})") from err
+        for number, line in enumerate(lines, start=1):
+            if "\0" in line:  # no path or Hub id holds one; open() would fail on it halfway through the run
+                raise UsageError(f"--models-from {args.models_from}: line {number} holds a NUL byte, which no model "
+                                 "path or Hub id can; fix the file (is it a text file?)")
         models += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
         if not models:
             raise UsageError(f"--models-from {args.models_from}: no model in it (one a line)")
@@ -364,8 +382,7 @@ def _unexpected(err: BaseException) -> str:
 
 def _print_json(record: dict) -> None:
     """One line of standard JSON: a non-finite number (an Infinity score) is null, which every parser reads."""
-    sys.stdout.write(json.dumps(_finite_or_null(record), allow_nan=False) + "\n")
-    sys.stdout.flush()
+    _write_stdout_utf8(json.dumps(_finite_or_null(record), allow_nan=False) + "\n")
 
 
 def _finite_or_null(value):
@@ -441,15 +458,16 @@ def list_types(model: str, revision: str | None) -> int:
     finally:
         source.close()
     defaults = {t for t in inventory.types() if default_type_filter(inventory)(t)}
-    sys.stdout.write(format_types(inventory.types(), defaults))
+    _write_stdout_utf8(format_types(inventory.types(), defaults))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = _debugging("--debug" in argv)
-    install_log_handler()
     try:
+        _text_streams_never_fail()
+        install_log_handler()
         words = [word for word in argv if word != "--debug"]  # `spectrum --debug report ...` is the report too
         if words[:1] == ["report"]:
             at = argv.index("report")
@@ -466,8 +484,14 @@ def main(argv: list[str] | None = None) -> int:
         return 141  # 128 + SIGPIPE, what a shell reports for a pipeline's writer
     except KeyboardInterrupt as err:  # a ScanInterrupted says what is saved for the next run
         detail = str(err) or "files already written are complete, nothing was half-written"
-        console.print(f"spectrum: interrupted; {detail}", markup=False, highlight=False, soft_wrap=True)
+        try:
+            console.print(f"spectrum: interrupted; {printable(detail)}", markup=False, highlight=False, soft_wrap=True)
+        except (OSError, ValueError, KeyboardInterrupt):
+            pass  # stderr is gone, or a second Ctrl-C: the exit code says it
         return 130
+    except MemoryError as err:
+        return _fail("out of memory" + (f" ({err})" if str(err) else "") + "; close other programs, or scan with "
+                     "--threads 1 (one matrix in memory at a time)", 1, debug)
     except OSError as err:
         where = f"{err.filename}: " if err.filename else ""
         return _fail(f"{where}{err.strerror or err}", 1, debug)
@@ -483,5 +507,46 @@ def _debugging(flag: bool) -> bool:
 def _fail(message: object, code: int, debug: bool) -> int:
     if debug:
         traceback.print_exc()
-    console.print(f"spectrum: error: {message}", markup=False, highlight=False, soft_wrap=True)
+    try:
+        console.print(f"spectrum: error: {printable(str(message))}", markup=False, highlight=False, soft_wrap=True)
+    except (OSError, ValueError):
+        pass  # stderr is closed too: the exit code is all that can be said
     return code
+
+
+class _StdoutUnwritable(SpectrumError):
+    """Raised when standard output is closed or cannot take the text (a full device)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"cannot write to standard output ({reason})")
+        self.reason = reason
+
+
+def _text_streams_never_fail() -> None:
+    """Messages reach stderr whatever its encoding (a name it cannot encode is escaped, not an error),
+    and a closed stdout (`>&-`) is an error only for what is written to it."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (OSError, ValueError):
+                pass
+
+
+def _write_stdout_utf8(text: str) -> None:
+    """Data for stdout (the YAML) as UTF-8, whatever the locale says: its names must stay the names."""
+    if sys.stdout is None:
+        raise _StdoutUnwritable("it is closed")
+    try:
+        sys.stdout.flush()
+        buffer = getattr(sys.stdout, "buffer", None)
+        if buffer is None:
+            sys.stdout.write(text)
+        else:
+            buffer.write(text.encode("utf-8", "surrogateescape"))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as err:
+        raise _StdoutUnwritable(err.strerror or str(err)) from err

@@ -28,6 +28,10 @@ class SourceError(SpectrumError):
         self.model = model
 
 
+class NoMatrixError(SpectrumError):
+    """Raised when no weight matrix of the checkpoint is of the requested types."""
+
+
 class CorruptCheckpointError(SpectrumError):
     """Raised when a weight file is truncated or its header does not describe its bytes."""
 

@@ -125,9 +125,10 @@ def gram_matrix(matrix: StoredArray) -> np.ndarray:
         piece = matrix[start : start + width] if tall else matrix[:, start : start + width]
         piece.to_float64(block, None if bits is None else bits[: width * k].reshape(shape))
         left, right = (block.T, block) if tall else (block, block.T)
-        np.matmul(left, right, out=gram if start == 0 else part)  # one syrk: NumPy sees A^T A / A A^T
-        if start:
-            gram += part
+        with np.errstate(over="ignore", invalid="ignore"):  # NaN or inf entries: found from the Gram diagonal
+            np.matmul(left, right, out=gram if start == 0 else part)  # one syrk: NumPy sees A^T A / A A^T
+            if start:
+                gram += part
     return gram
 
 

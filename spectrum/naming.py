@@ -106,3 +106,13 @@ def compile_type_patterns(patterns: list[str]) -> list[re.Pattern[str]]:
 def type_matches(type_name: str, patterns: list[re.Pattern[str]]) -> bool:
     """True when any pattern is found in the type (`re.search`)."""
     return any(pattern.search(type_name) for pattern in patterns)
+
+
+def printable(text: str) -> str:
+    """`text` safe to show on a terminal: every character that is not printable (control characters
+    such as ESC and BEL, line breaks, DEL, C1 controls, bidirectional overrides, lone surrogates) as
+    its Python escape, so that a hostile tensor or file name cannot move the cursor, retitle the
+    window, write the clipboard (OSC 52) or reorder the line; ordinary names come out unchanged."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)

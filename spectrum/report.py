@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .naming import printable
 from .summary import TypeSummary
 
 console = Console(stderr=True, highlight=False)
@@ -23,7 +24,7 @@ if not console.is_terminal and not os.environ.get("COLUMNS"):
 class _ConsoleHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:  # the message names tensors, files and models: text, never markup
-            console.print(f"[yellow]warning:[/] {escape(record.getMessage())}", markup=True, soft_wrap=True)
+            console.print(f"[yellow]warning:[/] {escape(printable(record.getMessage()))}", markup=True, soft_wrap=True)
         except Exception:  # noqa: BLE001 - logging's own rule: a failing handler must not fail the caller
             self.handleError(record)
 
@@ -56,7 +57,7 @@ def scan_progress(model: str, *, enabled: bool) -> Iterator:
         console=console,
         transient=True,
     )
-    task = progress.add_task(f"scanning {model}", total=None, gigabytes=0.0, matrices="")
+    task = progress.add_task(escape(f"scanning {printable(model)}"), total=None, gigabytes=0.0, matrices="")
 
     def on_progress(done: int, total: int, nbytes: int) -> None:
         progress.update(task, completed=done, total=total, gigabytes=nbytes / 1e9, matrices=f"{done}/{total}")
@@ -70,7 +71,7 @@ def format_types(types: dict[str, dict], default_types: set[str]) -> str:
     rows = [("type", "count", "shapes", "default")]
     for type_name, entry in types.items():
         shapes = ", ".join("x".join(str(d) for d in shape) for shape in entry["shapes"])
-        rows.append((type_name, str(entry["count"]), shapes, "yes" if type_name in default_types else "no"))
+        rows.append((printable(type_name), str(entry["count"]), shapes, "yes" if type_name in default_types else "no"))
     widths = [max(len(row[column]) for row in rows) for column in range(3)]
     lines = [
         f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}".rstrip() for row in rows
@@ -89,7 +90,7 @@ def print_summary(
     yaml_file: str,
 ) -> None:
     """One row per type (count, selected, min / median / max score, selected layers), the time and the files."""
-    console.print(f"[bold]{escape(model)}[/]: top {top_percent}% of each module type", soft_wrap=True)
+    console.print(f"[bold]{escape(printable(model))}[/]: top {top_percent}% of each module type", soft_wrap=True)
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     table.add_column("type", no_wrap=True)
     for name in ("count", "selected", "min", "median", "max"):
@@ -97,7 +98,7 @@ def print_summary(
     table.add_column("selected layers", overflow="fold")
     for summary in summaries:
         table.add_row(
-            escape(summary.type), str(summary.count), str(summary.selected), f"{summary.min:.4g}",
+            escape(printable(summary.type)), str(summary.count), str(summary.selected), f"{summary.min:.4g}",
             f"{summary.median:.4g}", f"{summary.max:.4g}", summary.layer_ranges or "-",
         )
     total = sum(summary.count for summary in summaries)
@@ -106,21 +107,21 @@ def print_summary(
     console.print(table)
     how = "scanned" if scanned else "cached scores reused"
     console.print(f"{how} in {seconds:.1f} s: {selected} of {total} matrices selected")
-    console.print(f"scores:    {scores_file}", soft_wrap=True, markup=False)
-    console.print(f"selection: {yaml_file}", soft_wrap=True, markup=False)
+    console.print(f"scores:    {printable(scores_file)}", soft_wrap=True, markup=False)
+    console.print(f"selection: {printable(yaml_file)}", soft_wrap=True, markup=False)
 
 
 def print_status(position: int, count: int, model: str, message: str, *, ok: bool) -> None:
     """One line per model of a several-model run: `[2/3] ok      org/name: ...` or `[3/3] failed  ...`."""
     label = "[green]ok    [/]" if ok else "[red]failed[/]"
-    console.print(f"[{position}/{count}] {label}  {escape(model)}: {escape(message)}", soft_wrap=True)
+    console.print(f"[{position}/{count}] {label}  {escape(printable(model))}: {escape(printable(message))}", soft_wrap=True)
 
 
 def print_line(text: str) -> None:
-    """A plain line on stderr (no markup)."""
-    console.print(text, markup=False, soft_wrap=True)
+    """A plain line on stderr (no markup; anything not printable escaped)."""
+    console.print(printable(text), markup=False, soft_wrap=True)
 
 
 def ask(prompt: str) -> str:
     """Read one answer from the terminal, with `prompt` on stderr."""
-    return console.input(prompt)
+    return console.input(escape(printable(prompt)))

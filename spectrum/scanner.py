@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
 from . import __version__
 from .distributed import World, gather, join, share
-from .errors import SpectrumError, UsageError
+from .errors import NoMatrixError, SpectrumError, UsageError
 from .host import HOST_DTYPES, NUMPY_EIGVALSH_BELOW, cpu_threads_limited, keep_gram_buffers, resolve_method
 from .host import singular_values as host_singular_values
 from .inventory import Inventory, Matrix, TypeFilter, default_type_filter, take_inventory  # noqa: F401 (re-exported)
@@ -158,7 +158,7 @@ def scan_source(
     wanted = type_filter or default_type_filter(inventory)
     chosen = [matrix for matrix in inventory.matrices if wanted(matrix.type)]
     if not chosen:
-        raise SpectrumError(
+        raise NoMatrixError(
             "no weight matrix matches the requested types; run with --list-types to see the checkpoint's types"
         )
     for info in inventory.unsupported:
@@ -233,14 +233,22 @@ def scan_source(
         return [(item.key, next(scores) if ok else None) for item, ok in zip(batch, flags)]
 
     results: dict[str, ModuleScore] = dict(resumed)
+    left_out: dict[str, dict[str, str]] = {}  # module -> its type and why it has no score, for the sidecar
     done = len(resumed)
     reader = Reader(produce, depth=workers + 1)
 
     def on_results(batch_results: list[tuple[Matrix, float | None]]) -> None:
         nonlocal done
         for matrix, score in batch_results:
+            if score is None or not math.isfinite(score):
+                reason = "nan_or_inf_entries" if score is None else ("score_overflow" if math.isinf(score)
+                                                                      else "singular_values_overflow")
+                left_out[matrix.module] = {"type": matrix.type, "reason": reason}
             if score is None:
                 LOG.warning("%s has NaN or infinite entries; left out of the scores", matrix.info.name)
+            elif math.isinf(score):  # finite singular values, but signal / noise / largest overflows
+                LOG.warning("%s has a score beyond float64's range (its singular values are so small that dividing "
+                            "by the largest overflows); left out of the scores", matrix.info.name)
             elif not math.isfinite(score):
                 LOG.warning("%s has singular values beyond float64's range; left out of the scores", matrix.info.name)
             else:
@@ -299,6 +307,7 @@ def scan_source(
         **({"resumed": len(resumed)} if resumed else {}),
         "checkpoint_types": inventory.types(),
         "embeddings": inventory.embeddings,
+        **({"left_out": dict(sorted(left_out.items()))} if left_out else {}),
         **({"fused_tensors": fused} if (fused := _fused_tensors(chosen)) else {}),
     }
     return ordered, provenance
@@ -369,6 +378,10 @@ def scan(
         provenance["bytes_read"] = sum(meta["bytes_read"] for _, meta in parts)
         provenance["devices"] = [meta["device"] for _, meta in parts]
         provenance["matrices_per_rank"] = [len(part) for part, _ in parts]
+        left_out = {module: why for _, meta in parts for module, why in meta.get("left_out", {}).items()}
+        provenance.pop("left_out", None)
+        if left_out:
+            provenance["left_out"] = dict(sorted(left_out.items()))
     provenance["world_size"] = world.size
     provenance["model"] = model
     if revision is not None and provenance["source"]["kind"] == "hub":

@@ -79,7 +79,8 @@ def scores_from_singular_values(singular_values, rows: int, cols: int, *, thresh
     # matrix) would make the score infinite, so it gets the same rule.
     noise = np.where(noise > 0, noise, 1.0)
     safe_largest = np.where(largest > 0, largest, 1.0)
-    return np.where(largest > 0, signal / noise / safe_largest, 0.0)
+    with np.errstate(over="ignore"):  # a score beyond float64 (tiny subnormal weights) is inf: the scan says so
+        return np.where(largest > 0, signal / noise / safe_largest, 0.0)
 
 
 def score_from_singular_values(singular_values, rows: int, cols: int, *, threshold: str = DEFAULT_THRESHOLD) -> float:

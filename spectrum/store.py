@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable
 
 from .cache import SIDECAR_MISMATCH, read_scores, scores_path, write_scores
 from .distributed import World
-from .errors import SpectrumError
+from .errors import NoMatrixError, SpectrumError
 from .journal import PartialScan, ScanInterrupted, partial_path
 from .lock import EntryLock, lock_path
 from .scores import Scores
@@ -117,7 +117,13 @@ def load_or_scan(
     def settle(plan: _Plan, journal: PartialScan | None) -> Outcome:
         if plan.reuse is not None:
             return Outcome(plan.reuse, cache_file, scanned=False)
-        scores = fresh(plan.wanted, journal)
+        try:
+            scores = fresh(plan.wanted, journal)
+        except NoMatrixError as err:
+            if plan.keep is None:
+                raise
+            raise SpectrumError(f"{cache_file}: its sidecar lists module types this checkpoint does not hold "
+                                "(was it edited?); rerun with --rescan to scan the model afresh") from err
         if plan.keep is not None:
             scores = merge(plan.keep, scores)
         if world.is_main:
@@ -192,6 +198,7 @@ def _plan(cache_file: str, model: str, *, revision: str | None, type_filter: Typ
         return _Plan(wanted=type_filter, stale=reason)
     missing = missing_types(cached, type_filter)
     if missing == set():
+        _note_left_out(cache_file, cached)
         return _Plan(reuse=cached)
     return _Plan(keep=cached, wanted=missing.__contains__ if missing else type_filter)
 
@@ -304,7 +311,7 @@ def missing_types(scores: Scores, type_filter: TypeFilter | None) -> set[str] | 
     one cached type matches it, as Axolotl would use the file as it is.
     """
     checkpoint_types = scores.meta.get("checkpoint_types")
-    cached = set(scores.types())
+    cached = set(scores.types()) | {entry["type"] for entry in left_out(scores.meta).values()}
     if not isinstance(checkpoint_types, dict):
         if type_filter is None or any(type_filter(type_name) for type_name in cached):
             return set()
@@ -321,5 +328,38 @@ def merge(cached: Scores, fresh: Scores) -> Scores:
     combined = dict(cached.entries)
     combined.update(fresh.entries)
     ordered = dict(sorted(combined.items(), key=lambda item: (item[1].type, natural_key(item[0]))))
-    return Scores(model=fresh.model, entries=ordered, meta=fresh.meta)
+    meta = dict(fresh.meta)
+    dropped = {module: why for module, why in left_out(cached.meta).items() if module not in fresh.entries}
+    dropped.update(left_out(fresh.meta))
+    meta.pop("left_out", None)
+    if dropped:
+        meta["left_out"] = dict(sorted(dropped.items()))
+    return Scores(model=fresh.model, entries=ordered, meta=meta)
+
+
+def left_out(meta: dict) -> dict[str, dict[str, str]]:
+    """The matrices a scan could not score (NaN or infinite entries, values beyond float64), as the
+    sidecar records them: module -> {"type", "reason"}. A type whose every matrix is there is still
+    covered by the cache: scanning it again would only say the same."""
+    recorded = meta.get("left_out")
+    if not isinstance(recorded, dict):
+        return {}
+    return {module: entry for module, entry in recorded.items()
+            if isinstance(entry, dict) and isinstance(entry.get("type"), str)}
+
+
+_REASONS = {
+    "nan_or_inf_entries": "NaN or infinite entries",
+    "singular_values_overflow": "singular values beyond float64's range",
+    "score_overflow": "a score beyond float64's range",
+}
+
+
+def _note_left_out(cache_file: str, cached: Scores) -> None:
+    """One line, when cached scores answer, for the matrices their scan left out (it named each one)."""
+    dropped = left_out(cached.meta)
+    if dropped:
+        reasons = sorted({_REASONS.get(entry.get("reason"), "no score") for entry in dropped.values()})
+        LOG.warning("%s: %d matrices have no score (%s), as their scan said; --rescan lists them again",
+                    cache_file, len(dropped), ", ".join(reasons))
 

@@ -304,7 +304,21 @@ def build_view(config_path: str, tensor_names: list[str]) -> TrainerView | None:
 
 def _build_model(config_path: str) -> tuple | None:
     """(the model built on the meta device, the config's architectures), or None (logged) when
-    transformers cannot build it without remote code."""
+    transformers cannot build it without remote code. transformers' own log lines (deprecated config
+    keys, initialisation notes) are about a model nobody trains here: they are kept off the terminal."""
+    try:
+        from transformers.utils import logging as transformers_logging
+    except ImportError:
+        return _build_model_quietly(config_path)
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        return _build_model_quietly(config_path)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+
+
+def _build_model_quietly(config_path: str) -> tuple | None:
     try:
         import torch
         import transformers

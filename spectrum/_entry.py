@@ -1,0 +1,36 @@
+"""The `spectrum` command's entry point: Ctrl-C at any moment is exit 130 without a traceback.
+
+The command line imports rich, NumPy and the rest of the package before `spectrum.cli.main` can
+catch anything; a Ctrl-C during those imports would print a KeyboardInterrupt traceback. This module
+imports nothing heavy itself (the package `__init__` is lazy), so its `main` is running before they
+start. A Ctrl-C during the interpreter's own start-up, before any of our code runs, is Python's.
+"""
+
+from __future__ import annotations
+
+import sys
+
+INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        from .cli import main as cli_main
+
+        return cli_main(argv)
+    except KeyboardInterrupt:  # before the command line could catch it (importing), or as it returned
+        try:
+            sys.stderr.write("spectrum: interrupted\n")
+            sys.stderr.flush()
+        except (OSError, ValueError, KeyboardInterrupt):
+            pass
+        return INTERRUPTED
+
+
+def run() -> None:
+    """`python -m spectrum` and the console script: exit with main()'s code, Ctrl-C included."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        code = INTERRUPTED
+    raise SystemExit(code)
