@@ -10,7 +10,8 @@ __version__ = "0.1.0"
 import importlib
 import sys
 import types
-from typing import TYPE_CHECKING
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (milliseconds of start-up)
 
 # Every public name is loaded on first use, so that `import spectrum` (which the command line does
 # before it can catch a Ctrl-C) costs nothing, and what needs torch (the scanner and the score

@@ -323,6 +323,8 @@ def _models(args: argparse.Namespace) -> list[str]:
 
 def _check_flags(args: argparse.Namespace, models: list[str]) -> None:
     """Flag combinations that cannot work, named with the fix."""
+    if sys.stdout is None and (args.output == "-" or args.json or args.list_types):
+        raise _StdoutUnwritable("it is closed")  # `>&-`: said before any work, not after the scan
     if args.json and args.output == "-":
         raise UsageError("--json and --output - both write to stdout; give --output a file path, or drop --json")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.device):
