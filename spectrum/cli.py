@@ -33,7 +33,7 @@ from .select import format_percent, parse_top_percent
 from .thresholds import DEFAULT_THRESHOLD, THRESHOLDS
 from .sources import open_source
 from .sources.base import check_revision
-from .store import load_or_scan
+from .store import load_or_scan, refresh_plugin_file
 from .summary import summarize, summary_record
 from .trainer import ModelBuild, checked_yaml, start_model_build
 
@@ -242,18 +242,24 @@ def run_model(
     elif patterns and not selected_types:  # as the scan says it, when the scores are cached
         raise SpectrumError("no weight matrix matches the requested types; run with --list-types to see the checkpoint's types")
     dropped: list[str] = []  # modules transformers drops on load: out of the YAML, so out of the summary
-    yaml_text = checked_yaml(
-        scores,
-        top_percent,
-        model=model,
-        revision=args.revision,
-        types=selected_types,
-        embeddings=not args.no_embeddings,
-        group_experts=args.group_experts,
-        check=args.check,
-        build=builds[0] if builds else None,
-        on_dropped=dropped.extend,
-    )
+    views: list = []  # the model the YAML is written for (None: names as stored)
+    try:
+        yaml_text = checked_yaml(
+            scores,
+            top_percent,
+            model=model,
+            revision=args.revision,
+            types=selected_types,
+            embeddings=not args.no_embeddings,
+            group_experts=args.group_experts,
+            check=args.check,
+            build=builds[0] if builds else None,
+            on_dropped=dropped.extend,
+            on_view=views.append,
+        )
+    finally:  # the plugin's file under the trainer's names, whatever K makes of the YAML
+        if views and views[0] is not None:
+            refresh_plugin_file(cache_file, scores, views[0])
     percent_text = format_percent(top_percent)
     if args.output == "-":
         sys.stdout.write(yaml_text if first else "---\n" + yaml_text)

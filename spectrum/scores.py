@@ -103,8 +103,11 @@ class Scores:
 
     def plugin_view(self, view: ParameterNames) -> dict[str, ModuleScore]:
         """The scores as Axolotl's Spectrum plugin should read them for the model `view` describes: keys
-        under the trainer's names, so that the plugin trains what our YAML does (`select.plugin_entries`)."""
-        rows = [(module, score.snr, score.type) for module, score in self.entries.items()]
+        under the trainer's names, so that the plugin trains what our YAML does (`select.plugin_entries`).
+        Tensors transformers drops on load (`view.drops`) are left out, as the YAML leaves them out."""
+        drops = getattr(view, "drops", None)
+        rows = [(module, score.snr, score.type) for module, score in self.entries.items()
+                if drops is None or not drops(module + ".weight")]
         return {key: ModuleScore(score, type_name) for key, score, type_name in plugin_entries(rows, view)}
 
     def without(self, modules: Iterable[str]) -> "Scores":

@@ -279,8 +279,11 @@ def test_an_unbuildable_model_built_in_the_background_gives_no_view(tmp_path, mo
 
 
 def load_json_scores(working: Path, model: Path) -> dict:
-    (scores_file,) = [p for p in (working / "model_snr_results").glob("snr_results_*.json") if not p.name.endswith(".meta.json")]
-    return json.loads(scores_file.read_text())
+    """The per-checkpoint-tensor scores: the `.tensors.json` when the scores file is in the trainer's names."""
+    (scores_file,) = [p for p in (working / "model_snr_results").glob("snr_results_*.json")
+                      if not p.name.endswith((".meta.json", ".tensors.json"))]
+    tensors = scores_file.with_name(scores_file.name[: -len(".json")] + ".tensors.json")
+    return json.loads((tensors if tensors.is_file() else scores_file).read_text())
 
 
 def test_tensors_transformers_drops_on_load_are_left_out_of_the_yaml(tmp_path, monkeypatch):
