@@ -184,8 +184,9 @@ def run(args: argparse.Namespace) -> int:
             continue
         if several and not args.quiet:
             how = "scanned" if record["scanned"] else "cached"
+            units = "tensors" if "scored_matrices" in record else "matrices"  # a fused expert tensor counts once
             print_status(position, len(models), model, f"{how}, {record['selected']} of {record['matrices']} "
-                         f"matrices selected -> {record['yaml_file']}", ok=True)
+                         f"{units} selected -> {record['yaml_file']}", ok=True)
     world = World.from_env()
     if several and world.is_main and (failed or not args.quiet):
         done = len(models) - len(failed)
@@ -270,7 +271,8 @@ def run_model(
         atomic_write_text(yaml_file, yaml_text)
     if dropped:
         scores = scores.without(dropped)
-    summaries = summarize(scores, top_percent, types=selected_types, group_experts=args.group_experts)
+    summaries = summarize(scores, top_percent, types=selected_types, group_experts=args.group_experts, as_yaml=True,
+                          view=views[0] if views else None)
     seconds = time.perf_counter() - started
     record = summary_record(
         args.name or model, summaries, top_percent=top_percent, scanned=outcome.scanned, seconds=seconds,

@@ -19,11 +19,25 @@ from spectrum.select import yaml_entries
 from spectrum.trainer import axolotl_pattern, build_view, cached_view, checked_yaml, unmatched_entries
 
 
-def small(family: str):
-    """A tiny random model of each family, as transformers builds it."""
+def small(family: str, layers: int = 2):
+    """A tiny random model of each family, as transformers builds it (`layers` in its language model)."""
     torch.manual_seed(0)
-    text = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+    text = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=layers, num_attention_heads=4,
                 num_key_value_heads=2, max_position_embeddings=32)
+    if family == "llama":
+        return T.LlamaForCausalLM(T.LlamaConfig(**text))
+    if family == "gpt_oss":
+        return T.GptOssForCausalLM(T.GptOssConfig(**text, num_local_experts=4, num_experts_per_tok=2, head_dim=8))
+    if family == "qwen2_vl":
+        vision = dict(depth=2, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2, patch_size=4, spatial_merge_size=2,
+                      temporal_patch_size=2, in_channels=3)
+        return T.Qwen2VLForConditionalGeneration(T.Qwen2VLConfig(
+            text_config=dict(text, rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}), vision_config=vision))
+    if family == "gemma3":
+        vision = T.SiglipVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                                      image_size=32, patch_size=8)
+        return T.Gemma3ForConditionalGeneration(T.Gemma3Config(
+            text_config=T.Gemma3TextConfig(**text, head_dim=8).to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=4))
     if family == "mixtral":
         return T.MixtralForCausalLM(T.MixtralConfig(**text, num_local_experts=4, num_experts_per_tok=2))
     if family == "qwen2_moe":
