@@ -57,8 +57,8 @@ def entry_for(name: str, parameter_names: Iterable[str] | NameIndex) -> str:
     Axolotl reads an entry as a regex whose dots are literal, applied with `re.match`, so a plain
     name also matches every parameter it is a prefix of: `model.layers.2.mlp.up` matches
     `model.layers.2.mlp.up_proj.weight`. When such another parameter exists (`belongs_to` says what is
-    `name`'s own), the entry ends in a dot (a module: `model.layers.2.mlp.up.`, which Axolotl reads as
-    `up\.`) or in `$` (a parameter name); every other name comes out as `literal_entry` writes it,
+    `name`'s own), the entry ends in a dot (a module: `model.layers.2.mlp.up.`, whose final dot Axolotl
+    makes a literal one; a backslash would be doubled) or in `$` (a parameter name); every other name comes out as `literal_entry` writes it,
     unchanged. This is the one place the decision is made: the YAML, the plugin's scores file and
     `spectrum.freeze` all use it.
 
