@@ -135,8 +135,8 @@ def _patterns(model, selection: Selection, top_percent, *, embeddings: bool, gro
         entries = [entry_for(module, index) for module in selection.select(percent, view=view, group_experts=group_experts)]
         if not entries and selection.entries:
             counts = selection.type_counts(view=view, group_experts=group_experts)
-            warnings.warn(f"top {format_percent(percent)}% selects no module of any type: only "
-                          + ("the embeddings stay" if embeddings else "nothing stays") + " trainable; top_percent="
+            warnings.warn(f"top {format_percent(percent)}% selects no module of any type, so "
+                          + ("only the embeddings stay" if embeddings else "nothing stays") + " trainable; top_percent="
                           f"{format_percent(smallest_percent_keeping_one(min(counts.values())))} keeps one of every type",
                           UserWarning, stacklevel=3)
         return (selection.embedding_patterns(view) if embeddings else []) + entries
