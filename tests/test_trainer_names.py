@@ -329,7 +329,7 @@ def test_tensors_transformers_drops_on_load_are_left_out_of_the_yaml(tmp_path, m
     # The summary counts what the YAML chose from: the dropped layer is not in it either.
     summary = run_cli("--model", str(folder), "--top-percent", "50", "--json", "--output", "x.yaml", cwd=tmp_path)
     record = json.loads(summary.stdout)
-    assert summary.returncode == 0 and record["matrices"] == len(load_json_scores(tmp_path, folder)) - 21
+    assert summary.returncode == 0 and record["scored_matrices"] == len(load_json_scores(tmp_path, folder)) - 21
     assert not [m for row in record["types"] for m in row["selected_modules"] if ".61." in m]
 
 
