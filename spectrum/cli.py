@@ -33,7 +33,7 @@ from .select import format_percent, parse_top_percent
 from .thresholds import DEFAULT_THRESHOLD, THRESHOLDS
 from .sources import open_source
 from .sources.base import check_revision
-from .store import left_out, load_or_scan
+from .store import left_out, load_or_scan, refresh_plugin_file
 from .summary import summarize, summary_record
 from .trainer import ModelBuild, checked_yaml, start_model_build
 
@@ -196,8 +196,9 @@ def run(args: argparse.Namespace) -> int:
             continue
         if several and not args.quiet:
             how = "scanned" if record["scanned"] else "cached"
+            units = "tensors" if "scored_matrices" in record else "matrices"  # a fused expert tensor counts once
             print_status(position, len(models), model, f"{how}, {record['selected']} of {record['matrices']} "
-                         f"matrices selected -> {record['yaml_file']}", ok=True)
+                         f"{units} selected -> {record['yaml_file']}", ok=True)
     world = World.from_env()
     if several and world.is_main and (failed or not args.quiet):
         done = len(models) - len(failed)
@@ -257,18 +258,24 @@ def run_model(
                                 "entries, or values beyond float64; the scan named each); choose other --types")
         raise SpectrumError("no weight matrix matches the requested types; run with --list-types to see the checkpoint's types")
     dropped: list[str] = []  # modules transformers drops on load: out of the YAML, so out of the summary
-    yaml_text = checked_yaml(
-        scores,
-        top_percent,
-        model=model,
-        revision=args.revision,
-        types=selected_types,
-        embeddings=not args.no_embeddings,
-        group_experts=args.group_experts,
-        check=args.check,
-        build=builds[0] if builds else None,
-        on_dropped=dropped.extend,
-    )
+    views: list = []  # the model the YAML is written for (None: names as stored)
+    try:
+        yaml_text = checked_yaml(
+            scores,
+            top_percent,
+            model=model,
+            revision=args.revision,
+            types=selected_types,
+            embeddings=not args.no_embeddings,
+            group_experts=args.group_experts,
+            check=args.check,
+            build=builds[0] if builds else None,
+            on_dropped=dropped.extend,
+            on_view=views.append,
+        )
+    finally:  # the plugin's file under the trainer's names, whatever K makes of the YAML
+        if views and views[0] is not None:
+            refresh_plugin_file(cache_file, scores, views[0])
     percent_text = format_percent(top_percent)
     if args.output == "-":
         _write_stdout_utf8(yaml_text if first else "---\n" + yaml_text)
@@ -278,7 +285,8 @@ def run_model(
         atomic_write_text(yaml_file, yaml_text)
     if dropped:
         scores = scores.without(dropped)
-    summaries = summarize(scores, top_percent, types=selected_types, group_experts=args.group_experts)
+    summaries = summarize(scores, top_percent, types=selected_types, group_experts=args.group_experts, as_yaml=True,
+                          view=views[0] if views else None)
     seconds = time.perf_counter() - started
     record = summary_record(
         args.name or model, summaries, top_percent=top_percent, scanned=outcome.scanned, seconds=seconds,

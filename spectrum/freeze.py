@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from .scores import Scores
-from .select import literal_entry, parse_top_percent
+from .select import NameIndex, entry_for, format_percent, parse_top_percent, smallest_percent_keeping_one
 from .trainer import TrainerView, axolotl_pattern, view_of_model
 
 Selection = Union[Scores, str, "os.PathLike[str]", dict, Iterable[str]]
@@ -72,6 +72,10 @@ def freeze(model, selection: Selection, top_percent: float | str | None = None, 
         embeddings: with scores, also unfreeze the input embeddings and the output head (as the YAML does).
         group_experts: with scores, rank all experts of one MoE projection together.
 
+    With scores, a selected name that is a prefix of another parameter's (`mlp.up` beside `mlp.up_proj`)
+    is anchored so that it unfreezes its own module only (`spectrum.select.entry_for`). A selection that
+    keeps no module, or leaves no parameter trainable, is named in a `UserWarning`.
+
     Returns:
         `Unfrozen`: the trainable names, counts and parameter totals, and the entries that matched nothing.
 
@@ -105,6 +109,9 @@ def freeze(model, selection: Selection, top_percent: float | str | None = None, 
         if hits:
             names.append(name)
             trainable += parameter.numel()
+    if total and not names:
+        warnings.warn(f"no parameter of {type(model).__name__} stays trainable: every one is frozen, and the model "
+                      "will not train; select more (a larger top_percent) or check the entries", UserWarning, stacklevel=2)
     unmatched = tuple(entry for entry, hit in zip(patterns, matched) if not hit)
     if unmatched:
         shown = ", ".join(unmatched[:5]) + (f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else "")
@@ -128,7 +135,14 @@ def _patterns(model, selection: Selection, top_percent, *, embeddings: bool, gro
             raise ValueError("freeze() needs top_percent with scores, e.g. freeze(model, scores, top_percent=25)")
         percent = parse_top_percent(top_percent)
         view = _view_of(model, selection)
-        entries = [literal_entry(module) for module in selection.select(percent, view=view, group_experts=group_experts)]
+        index = NameIndex(name for name, _ in model.named_parameters())
+        entries = [entry_for(module, index) for module in selection.select(percent, view=view, group_experts=group_experts)]
+        if not entries and selection.entries:
+            counts = selection.type_counts(view=view, group_experts=group_experts)
+            warnings.warn(f"top {format_percent(percent)}% selects no module of any type, so "
+                          + ("only the embeddings stay" if embeddings else "nothing stays") + " trainable; top_percent="
+                          f"{format_percent(smallest_percent_keeping_one(min(counts.values())))} keeps one of every type",
+                          UserWarning, stacklevel=3)
         return (selection.embedding_patterns(view) if embeddings else []) + entries
     if top_percent is not None:
         raise ValueError("top_percent applies to scores only; a YAML or a list of entries is used as it is")

@@ -98,15 +98,26 @@ def print_summary(
     table.add_column("selected layers", overflow="fold")
     for summary in summaries:
         table.add_row(
-            escape(printable(summary.type)), str(summary.count), str(summary.selected), f"{summary.min:.4g}",
-            f"{summary.median:.4g}", f"{summary.max:.4g}", summary.layer_ranges or "-",
+            escape(printable(summary.type)) + (" (fused)" if summary.matrices is not None else ""), str(summary.count),
+            str(summary.selected), f"{summary.min:.4g}", f"{summary.median:.4g}", f"{summary.max:.4g}",
+            summary.layer_ranges or "-",
         )
     total = sum(summary.count for summary in summaries)
     selected = sum(summary.selected for summary in summaries)
     table.add_row("[bold]all", f"[bold]{total}", f"[bold]{selected}", "", "", "", "")
     console.print(table)
     how = "scanned" if scanned else "cached scores reused"
-    console.print(f"{how} in {seconds:.1f} s: {selected} of {total} matrices selected")
+    fused = [summary for summary in summaries if summary.matrices is not None]
+    if fused:
+        scored = sum(summary.matrices or summary.count for summary in summaries)
+        held = ", ".join(f"{printable(s.type)}: {s.matrices} in {s.count}" for s in fused[:3]) + (", ..." if len(fused) > 3 else "")
+        console.print(f"fused: each row of a fused type is one layer's 3-D expert tensor, ranked by the mean score of the "
+                      f"expert matrices it holds ({held}); the trainer unfreezes it whole, as the YAML does",
+                      soft_wrap=True, markup=False)
+        console.print(f"{how} in {seconds:.1f} s: {selected} of {total} tensors selected "
+                      f"({scored} matrices scored; a fused expert tensor counts once)")
+    else:
+        console.print(f"{how} in {seconds:.1f} s: {selected} of {total} matrices selected")
     console.print(f"scores:    {printable(scores_file)}", soft_wrap=True, markup=False)
     console.print(f"selection: {printable(yaml_file)}", soft_wrap=True, markup=False)
 

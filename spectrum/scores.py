@@ -10,11 +10,13 @@ from . import __version__
 from .naming import is_input_embedding, is_output_head, module_name
 from .select import (
     DEFAULT_EMBEDDING_PATTERNS,
+    NameIndex,
     ParameterNames,
     format_percent,
     parse_top_percent,
     entry_names,
     literal_entry,
+    plugin_entries,
     render_yaml,
     select_by_type,
     trainer_entries,
@@ -69,11 +71,44 @@ class Scores:
         return list(dict.fromkeys(score.type for score in self.entries.values()))
 
     def _rows(
-        self, types: set[str] | None, view: ParameterNames | None, group_experts: bool
+        self, types: set[str] | None, view: ParameterNames | None, group_experts: bool,
+        sources: dict[str, int] | None = None,
     ) -> tuple[list[tuple[str, float, str]], dict[str, str]]:
         rows = [(module, score.snr, score.type) for module, score in self.entries.items()
                 if types is None or score.type in types]
-        return trainer_entries(rows, view or _StoredFused.of(self.meta), group_experts=group_experts)
+        return trainer_entries(rows, view or _StoredFused.of(self.meta), group_experts=group_experts, sources=sources)
+
+    def type_counts(
+        self, types: set[str] | None = None, *, view: ParameterNames | None = None, group_experts: bool = False
+    ) -> dict[str, int]:
+        """type -> how many modules the YAML ranks in it (a fused expert tensor counts once)."""
+        rows, _ = self._rows(types, view, group_experts)
+        counts: dict[str, int] = {}
+        for _, _, type_name in rows:
+            counts[type_name] = counts.get(type_name, 0) + 1
+        return counts
+
+    def parameter_names(self, view: ParameterNames | None = None) -> NameIndex:
+        """The names entries are checked against for prefixes (`select.entry_for`): the trainer's
+        parameters with `view`, else the checkpoint's tensors as far as the scores know them (every scored
+        matrix, the stored fused expert tensors, the recorded embeddings)."""
+        if view is not None:
+            return NameIndex(view.parameters)
+        names = [module + ".weight" for module in self.entries]
+        fused = self.meta.get("fused_tensors")
+        names += [name for name in fused if isinstance(name, str)] if isinstance(fused, list) else []
+        recorded = self.meta.get("embeddings")
+        names += [name for name in recorded.values() if isinstance(name, str)] if isinstance(recorded, dict) else []
+        return NameIndex(names)
+
+    def plugin_view(self, view: ParameterNames) -> dict[str, ModuleScore]:
+        """The scores as Axolotl's Spectrum plugin should read them for the model `view` describes: keys
+        under the trainer's names, so that the plugin trains what our YAML does (`select.plugin_entries`).
+        Tensors transformers drops on load (`view.drops`) are left out, as the YAML leaves them out."""
+        drops = getattr(view, "drops", None)
+        rows = [(module, score.snr, score.type) for module, score in self.entries.items()
+                if drops is None or not drops(module + ".weight")]
+        return {key: ModuleScore(score, type_name) for key, score, type_name in plugin_entries(rows, view)}
 
     def without(self, modules: Iterable[str]) -> "Scores":
         """These scores less the given modules (same provenance)."""
@@ -141,4 +176,5 @@ class Scores:
             header += "\nexperts of one projection ranked together (--group-experts)"
         rows, notes = self._rows(types, view, group_experts)
         patterns = self.embedding_patterns(view) if embeddings else []
-        return render_yaml(select_by_type(rows, percent), header=header, embedding_patterns=patterns, notes=notes)
+        return render_yaml(select_by_type(rows, percent), header=header, embedding_patterns=patterns, notes=notes,
+                           parameter_names=self.parameter_names(view))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from decimal import Decimal, InvalidOperation
@@ -21,6 +22,61 @@ def literal_entry(name: str) -> str:
     followed by `+` is literal, then `re.match`) reads as that name and nothing else: regex
     metacharacters besides the dot get a backslash. Ordinary names come out unchanged."""
     return "".join("\\" + char if char in _REGEX_SPECIAL else char for char in name)
+
+
+class NameIndex:
+    """Parameter (or tensor) names, sorted once, for the prefix look-ups of `entry_for`."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = sorted(set(names))
+        self._known = frozenset(self.names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._known
+
+    def starting_with(self, prefix: str) -> list[str]:
+        """Every name that starts with `prefix`, in sorted order."""
+        start = bisect.bisect_left(self.names, prefix)
+        end = start
+        while end < len(self.names) and self.names[end].startswith(prefix):
+            end += 1
+        return self.names[start:end]
+
+
+def belongs_to(parameter: str, name: str, names: NameIndex | frozenset[str] | set[str]) -> bool:
+    """Whether `parameter` is part of what selecting `name` trains: the parameter `name` itself, the
+    parameters of the module `name` (`name.weight`, `name.bias`), or, where `name` is itself a parameter
+    (a fused 3-D expert tensor), its own bias `name_bias` (GPT-OSS's layout), as a module's bias is."""
+    return (parameter == name or parameter.startswith(name + ".")
+            or (parameter == name + "_bias" and name in names))
+
+
+def entry_for(name: str, parameter_names: Iterable[str] | NameIndex) -> str:
+    """The `unfrozen_parameters` entry that makes Axolotl's rule unfreeze what `name` is, and nothing else.
+
+    Axolotl reads an entry as a regex whose dots are literal, applied with `re.match`, so a plain
+    name also matches every parameter it is a prefix of: `model.layers.2.mlp.up` matches
+    `model.layers.2.mlp.up_proj.weight`. When such another parameter exists (`belongs_to` says what is
+    `name`'s own), the entry ends in a dot (a module: `model.layers.2.mlp.up.`, whose final dot Axolotl
+    makes a literal one; a backslash would be doubled) or in `$` (a parameter name); every other name comes out as `literal_entry` writes it,
+    unchanged. This is the one place the decision is made: the YAML, the plugin's scores file and
+    `spectrum.freeze` all use it.
+
+    Args:
+        name: a module name (`model.layers.2.mlp.up`) or a parameter name (`...mlp.experts.gate_up_proj`).
+        parameter_names: the model's parameter names (the trainer's, or without a view the checkpoint's
+            tensor names); pass a `NameIndex` when calling this for many names.
+    """
+    index = parameter_names if isinstance(parameter_names, NameIndex) else NameIndex(parameter_names)
+    entry = literal_entry(name)
+    if all(belongs_to(other, name, index) for other in index.starting_with(name)):
+        return entry
+    return entry + ("$" if name in index else ".")
+
+
+def smallest_percent_keeping_one(count: int) -> Fraction:
+    """The smallest K with two decimals at most that keeps at least one of `count` matrices (floor(count*K/100) >= 1)."""
+    return Fraction(math.ceil(Fraction(10000, count)), 100)
 
 
 def parse_top_percent(value: str | float | int) -> Fraction:
@@ -93,7 +149,8 @@ class ParameterNames(Protocol):
 
 
 def trainer_entries(
-    entries: Iterable[tuple[str, float, str]], view: ParameterNames | None, *, group_experts: bool = False
+    entries: Iterable[tuple[str, float, str]], view: ParameterNames | None, *, group_experts: bool = False,
+    sources: dict[str, int] | None = None,
 ) -> tuple[list[tuple[str, float, str]], dict[str, str]]:
     """Scored modules restated as what the trainer can freeze.
 
@@ -107,6 +164,7 @@ def trainer_entries(
 
     Returns:
         (name, score, type) in first-appearance order, and type -> a note for the YAML comment.
+        `sources`, when given, is filled with fused name -> how many scored matrices it stands for.
     """
     restated: list[tuple[str, float | list[float], str]] = []
     fused_at: dict[str, int] = {}
@@ -135,6 +193,8 @@ def trainer_entries(
     result = []
     for name, score, type_name in restated:
         if isinstance(score, list):
+            if sources is not None:
+                sources[name] = len(score)
             notes[type_name] = (f"fused: each ranked by the mean score of its {len(score)} source matrices, "
                                 "as the trainer can only unfreeze the fused tensor whole")
             score = fmean(score)
@@ -157,11 +217,13 @@ def render_yaml(
     header: str,
     embedding_patterns: Iterable[str],
     notes: dict[str, str] | None = None,
+    parameter_names: NameIndex | None = None,
 ) -> str:
     """The `unfrozen_parameters:` YAML, in the reference tool's layout.
 
     Entries are module names (Axolotl applies them with `re.match` after escaping dots; any other
-    regex metacharacter in a name is escaped here, `literal_entry`);
+    regex metacharacter in a name is escaped here, `literal_entry`; a name that is a prefix of another
+    of `parameter_names` is anchored, `entry_for`);
     each type gets a `# <type> layers` comment, even when it keeps no module. A name that YAML
     would not read back as that same string (a line break, a control character, `0`, `yes`,
     `a: b`, text that is not valid Unicode) is written double-quoted with escapes, and comments
@@ -173,8 +235,39 @@ def render_yaml(
     for type_name, modules in selection.items():
         note = (notes or {}).get(type_name)
         lines.append(f"# {_comment(type_name)} layers" + (f" ({_comment(note)})" if note else ""))
-        lines.extend(f"- {_scalar(literal_entry(name))}" for module in modules for name in entry_names(module))
+        lines.extend(f"- {_scalar(_entry(name, parameter_names))}" for module in modules for name in entry_names(module))
     return "\n".join(lines) + "\n"
+
+
+def _entry(name: str, parameter_names: NameIndex | None) -> str:
+    return literal_entry(name) if parameter_names is None else entry_for(name, parameter_names)
+
+
+def plugin_entries(
+    entries: Iterable[tuple[str, float, str]], view: ParameterNames
+) -> list[tuple[str, float, str]]:
+    """The scores file Axolotl's Spectrum plugin reads, under the trainer's names: (key, score, type).
+
+    The plugin groups keys by type, keeps the top `int(n * spectrum_top_fraction)` of each by score
+    (a stable sort) and uses each key as an `unfrozen_parameters` entry. So each key is the entry our
+    YAML writes for a row of `trainer_entries` (renamed, fused experts as one key with their mean score
+    and fused type, anchored by `entry_for` where a name is a prefix of another parameter's), in the
+    same order, which makes the plugin's selection the YAML's at every fraction. A tensor split into
+    several parameters gives one key per parameter, each typed by its own parameter's type (so each
+    group ranks the same layers); the selection keeps those whole at every fraction.
+    """
+    rows, _ = trainer_entries(entries, view)
+    index = NameIndex(view.parameters)
+    taken = {type_name for _, _, type_name in rows}
+    keyed: list[tuple[str, float, str]] = []
+    for name, score, type_name in rows:
+        if isinstance(name, tuple):  # a split tensor: each part under a type of its own
+            for part in name:
+                part_type = f"{type_name}/{part.rsplit('.', 1)[-1]}"
+                keyed.append((entry_for(part, index), score, part_type if part_type not in taken else type_name))
+            continue
+        keyed.append((entry_for(name, index), score, type_name))
+    return keyed
 
 
 _ALWAYS_PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*\.[A-Za-z0-9_.\-]*")  # dotted names: never a YAML bool, null or number

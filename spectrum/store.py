@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from .cache import SIDECAR_MISMATCH, read_scores, scores_path, write_scores
+from .cache import SIDECAR_MISMATCH, plugin_text_differs, read_scores, scores_path, write_scores
 from .distributed import World
 from .errors import NoMatrixError, SpectrumError
 from .journal import PartialScan, ScanInterrupted, partial_path
@@ -161,6 +161,33 @@ def load_or_scan(
             raise
         journal.discard()  # its scores are in the scores file now
         return outcome
+
+
+def refresh_plugin_file(cache_file: str, scores: Scores, view) -> bool:
+    """Put the scores file Axolotl's plugin reads under the trainer's names (`Scores.plugin_view`) when
+    it is not already: after a scan (which writes the checkpoint's names, the view being built meanwhile)
+    or for a cached file written without a view. Under the entry's lock, and only when the cache still
+    holds these scores (another process may have replaced them). Returns whether it wrote; a cache that
+    cannot be written is a warning (the YAML is unaffected).
+    """
+    plugin = scores.plugin_view(view)
+    if not plugin or not plugin_text_differs(cache_file, plugin):
+        return False
+    try:
+        with EntryLock(lock_path(cache_file)):
+            if not os.path.exists(cache_file):
+                return False
+            cached = read_scores(cache_file, scores.model)
+            if cached.meta.get(SIDECAR_MISMATCH) or cached.entries != scores.entries:
+                return False  # replaced meanwhile: the run that wrote them writes its own
+            if not plugin_text_differs(cache_file, plugin):
+                return False
+            write_scores(cache_file, cached, plugin=plugin)
+    except SpectrumError as err:
+        LOG.warning("%s stays in the checkpoint's names, which Axolotl's Spectrum plugin would not find in "
+                    "%s (%s); use the YAML instead of the plugin", cache_file, view.architecture, err)
+        return False
+    return True
 
 
 def _keep_or_discard(journal: PartialScan) -> None:

@@ -9,7 +9,7 @@ from statistics import median
 
 from .naming import layer_index
 from .scores import Scores
-from .select import format_percent, parse_top_percent, select_by_type, trainer_entries
+from .select import ParameterNames, entry_names, format_percent, parse_top_percent, select_by_type, trainer_entries
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,8 @@ class TypeSummary:
         selected_layers: layer indices of the kept modules, ascending (none for a type outside numbered layers).
         selected_modules: the kept modules, best first.
         ranked: (module, score) of every member, best first (ties in file order).
+        matrices: for a type of fused expert tensors (one row per layer, as the YAML ranks them), the
+            scored matrices its rows stand for; None for every other type (one row per matrix).
     """
 
     type: str
@@ -35,6 +37,7 @@ class TypeSummary:
     selected_layers: tuple[int, ...]
     selected_modules: tuple[str, ...]
     ranked: tuple[tuple[str, float], ...]
+    matrices: int | None = None
 
     @property
     def layer_ranges(self) -> str:
@@ -60,16 +63,29 @@ def summarize(
     *,
     types: set[str] | None = None,
     group_experts: bool = False,
+    as_yaml: bool = False,
+    view: ParameterNames | None = None,
 ) -> list[TypeSummary]:
     """Per-type figures of the top `top_percent`% selection, under the scores file's module names.
 
     Types in first-appearance order; `types` restricts them, `group_experts` ranks all experts of one
-    projection together (as `Scores.select` does).
+    projection together (as `Scores.select` does). `as_yaml`: the rows the YAML ranks instead, under the
+    names of the model `view` describes (or the stored fused tensors without one): a fused MoE expert
+    tensor is one row per layer (with `matrices` set), scored by the mean of its experts, as it is trained.
     """
     percent = top_percent if isinstance(top_percent, Fraction) else parse_top_percent(top_percent)
-    rows = [(module, score.snr, score.type) for module, score in scores.entries.items()
-            if types is None or score.type in types]
-    rows, _ = trainer_entries(rows, None, group_experts=group_experts)
+    sources: dict[str, int] = {}
+    parts: dict[str, tuple[str, ...]] = {}  # a split tensor's row (its parameters joined) -> its parameters
+    if as_yaml:
+        rows, _ = scores._rows(types, view, group_experts, sources)
+        for name, _, _ in rows:
+            if isinstance(name, tuple):
+                parts[", ".join(name)] = entry_names(name)
+        rows = [(", ".join(entry_names(name)), score, type_name) for name, score, type_name in rows]
+    else:
+        rows = [(module, score.snr, score.type) for module, score in scores.entries.items()
+                if types is None or score.type in types]
+        rows, _ = trainer_entries(rows, None, group_experts=group_experts)
     selection = select_by_type(rows, percent)
     members: dict[str, list[tuple[str, float]]] = {}
     for module, score, type_name in rows:
@@ -79,6 +95,7 @@ def summarize(
         values = [score for _, score in members[type_name]]
         ranked = sorted(members[type_name], key=lambda member: member[1], reverse=True)
         layers = sorted({index for module in kept if (index := layer_index(module)) is not None})
+        fused = [sources[module] for module, _ in members[type_name] if module in sources]
         summaries.append(TypeSummary(
             type=type_name,
             count=len(values),
@@ -87,8 +104,9 @@ def summarize(
             median=median(values),
             max=max(values),
             selected_layers=tuple(layers),
-            selected_modules=tuple(kept),
+            selected_modules=tuple(name for module in kept for name in parts.get(module, (module,))),
             ranked=tuple(ranked),
+            matrices=sum(fused) + len(values) - len(fused) if fused else None,
         ))
     return summaries
 
@@ -112,7 +130,11 @@ def summary_record(
         entry["selected_layers"] = list(summary.selected_layers)
         entry["selected_modules"] = list(summary.selected_modules)
         entry["selected_ranges"] = summary.layer_ranges
+        if summary.matrices is None:
+            del entry["matrices"]
         types.append(entry)
+    fused = any(summary.matrices is not None for summary in summaries)
+    scored = {"scored_matrices": sum(summary.matrices or summary.count for summary in summaries)} if fused else {}
     return {
         "model": model,
         "ok": True,
@@ -122,6 +144,7 @@ def summary_record(
         "seconds": round(seconds, 3),
         "matrices": sum(summary.count for summary in summaries),
         "selected": sum(summary.selected for summary in summaries),
+        **scored,
         "scores_file": scores_file,
         "yaml_file": yaml_file,
         "types": types,

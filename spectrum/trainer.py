@@ -47,6 +47,53 @@ def unmatched_entries(entries: list[str], parameter_names: list[str]) -> list[st
     return missing
 
 
+_METACHARACTERS = frozenset("^$*+?{}[]|()\\")
+
+
+def _entry_literal(entry: str) -> tuple[str, bool] | None:
+    """(the text an entry matches literally, whether it is anchored at its end: `$` or a final dot), for an
+    entry that is a plain name (escapes undone, a leading `^` dropped); None for a real regex."""
+    text = entry[1:] if entry.startswith("^") else entry
+    anchored = text.endswith("$") and not text.endswith("\\$")
+    text = text[:-1] if anchored else text
+    literal, escaped = [], False
+    for position, char in enumerate(text):
+        if escaped:
+            literal.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char in _METACHARACTERS or (char == "." and text[position + 1: position + 2] == "+"):
+            return None
+        else:
+            literal.append(char)
+    if escaped:
+        return None
+    name = "".join(literal)
+    return name, anchored or name.endswith(".")
+
+
+def overreaching_entries(entries: list[str], parameter_names: list[str]) -> dict[str, list[str]]:
+    """Entries that are a plain name but also unfreeze parameters outside it under Axolotl's rule
+    (`model.layers.2.mlp.up` matches `model.layers.2.mlp.up_proj.weight`): entry -> those parameters.
+    What an entry owns is what `select.belongs_to` says; real regular expressions are not judged."""
+    from .select import NameIndex, belongs_to
+
+    index = NameIndex(parameter_names)
+    found: dict[str, list[str]] = {}
+    for entry in entries:
+        plain = _entry_literal(entry)
+        if plain is None or plain[1]:
+            continue
+        name = plain[0]
+        pattern = axolotl_pattern(entry)
+        extra = [other for other in index.starting_with(name)
+                 if pattern.match(other) and not belongs_to(other, name, index)]
+        if extra:
+            found[entry] = extra
+    return found
+
+
 @dataclass
 class TrainerView:
     """Parameter names of the model as built, and checkpoint tensor -> parameter.
@@ -451,6 +498,7 @@ def checked_yaml(
     check: bool | None = None,
     build: ModelBuild | None = None,
     on_dropped: Callable[[list[str]], None] | None = None,
+    on_view: Callable[[TrainerView | None], None] | None = None,
 ) -> str:
     """The YAML under the names of the model the trainer builds, verified against it.
 
@@ -460,9 +508,12 @@ def checked_yaml(
             transformers knows the architecture, else names as stored; False: names as stored.
         build: the model for the check, already being built (`start_model_build`, during the scan).
         on_dropped: called with the scored modules left out because transformers drops them on load.
+        on_view: called with the view of the model the YAML was written for (None: names as stored).
 
     Raises:
-        SpectrumError: an entry matches no parameter, or `check=True` and the model cannot be built.
+        SpectrumError: an entry matches no parameter or unfreezes another module's parameters, the
+            selection holds no module (`top_percent` too small for every type), or `check=True` and the
+            model cannot be built.
     """
     from .errors import SpectrumError
     from .select import yaml_entries
@@ -484,18 +535,65 @@ def checked_yaml(
                 f"(its conversion mapping); none of that is usable for "
                 f"{model} (pass --no-check to write the names as stored)"
             )
+    if on_view:
+        on_view(view)
     if view is not None and view.ignored:
         scores, dropped = _without_dropped(scores, view)
         if dropped and on_dropped:
             on_dropped(dropped)
+    empty_types = check_selection_keeps_modules(scores, top_percent, types=types, view=view, group_experts=group_experts)
     text = scores.to_yaml(top_percent, types=types, embeddings=embeddings, view=view, group_experts=group_experts)
     if view is not None:
-        missing = unmatched_entries(yaml_entries(text), list(view.parameters))
+        entries = yaml_entries(text)
+        missing = unmatched_entries(entries, list(view.parameters))
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise SpectrumError(
                 f"{len(missing)} YAML entries match no parameter of {view.architecture} as transformers builds it "
                 f"({shown}); the checkpoint's names differ from the model's: report this, or pass --no-check"
             )
-        LOG.info("checked: every entry matches a parameter of %s", view.architecture)
+        wider = overreaching_entries(entries, list(view.parameters))
+        if wider:
+            entry, extra = next(iter(wider.items()))
+            raise SpectrumError(
+                f"{len(wider)} YAML entries also unfreeze parameters of other modules of {view.architecture} "
+                f"({entry} matches {extra[0]}{' and more' if len(extra) > 1 else ''}); report this, or pass --no-check"
+            )
+        LOG.info("checked: every entry matches a parameter of %s, and only its own", view.architecture)
+    if empty_types:
+        LOG.warning("%s", empty_types)
     return text
+
+
+def check_selection_keeps_modules(scores, top_percent, *, types: set[str] | None = None, view=None,
+                                  group_experts: bool = False) -> str | None:
+    """Fail when the top `top_percent`% keeps no module at all (a YAML of embeddings or nothing, which
+    Axolotl reads as "train everything" when the list is empty); else the warning naming the types that
+    keep none (None when every type keeps one). Both say the smallest --top-percent that keeps one module
+    of every type (counted as the YAML ranks them: a fused expert tensor is one)."""
+    from fractions import Fraction
+
+    from .errors import SpectrumError
+    from .select import format_percent, keep_count, parse_top_percent, smallest_percent_keeping_one
+
+    percent = top_percent if isinstance(top_percent, Fraction) else parse_top_percent(top_percent)
+    counts = scores.type_counts(types, view=view, group_experts=group_experts)
+    if not counts:
+        return None
+    empty = [type_name for type_name, count in counts.items() if keep_count(count, percent) == 0]
+    fewest = min(counts, key=counts.get)
+    each = format_percent(smallest_percent_keeping_one(counts[fewest]))
+    if len(empty) == len(counts):
+        most = max(counts.values())
+        held = f"every type holds {most}" if counts[fewest] == most else f"types hold {counts[fewest]} to {most}"
+        total = format_percent(smallest_percent_keeping_one(most))
+        advice = (f"the smallest --top-percent that keeps one of every type is {each}" if total == each else
+                  f"the smallest --top-percent that keeps one of every type is {each} ({fewest} holds "
+                  f"{counts[fewest]}), one module in total {total}")
+        raise SpectrumError(f"top {format_percent(percent)}% selects no module ({held}): {advice}; no YAML written")
+    if not empty:
+        return None
+    shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+    kinds = "type" if len(empty) == 1 else "types"
+    return (f"top {format_percent(percent)}% keeps no module of {len(empty)} {kinds} ({shown}); "
+            f"--top-percent {each} keeps one of every type")

@@ -172,7 +172,7 @@ def test_types_an_earlier_run_added_to_the_cache_stay_out_of_a_default_selection
 
     fresh = yaml_of("fresh", "--top-percent", "100", "--no-embeddings")
     yaml_of("shared")
-    assert "model.embed_tokens" in yaml_of("shared", "--types", "embed_tokens", "--no-embeddings")
+    assert "- model.embed_tokens" in yaml_of("shared", "--types", "embed_tokens", "--no-embeddings", "--top-percent", "100")
     assert yaml_of("shared", "--top-percent", "100", "--no-embeddings") == fresh
     assert "- model.embed_tokens" not in fresh
 

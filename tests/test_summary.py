@@ -67,3 +67,59 @@ def test_summarize_types_and_record():
     assert record["matrices"] == 6 and record["selected"] == 6 and record["seconds"] == 0.123
     assert record["types"][0]["selected_layers"] == [0, 1, 2, 3, 4, 5]
     assert record["types"][0]["selected_ranges"] == "0-5" and "ranked" not in record["types"][0]
+
+
+def fused_scores() -> Scores:
+    """Per-expert scores of 3-D expert tensors the checkpoint stores fused (no view needed: `fused_tensors`)."""
+    entries = {}
+    for layer, base in enumerate((0.2, 0.6)):
+        for expert in range(4):
+            entries[f"model.layers.{layer}.mlp.experts.{expert}.down_proj"] = ModuleScore(base + expert / 100,
+                                                                                           f"mlp.experts.{expert}.down_proj")
+    for layer, value in enumerate((0.9, 0.1)):
+        entries[f"model.layers.{layer}.self_attn.q_proj"] = ModuleScore(value, "self_attn.q_proj")
+    return Scores("org/moe", entries, {"fused_tensors": [f"model.layers.{layer}.mlp.experts.down_proj" for layer in (0, 1)]})
+
+
+def test_moe_summary_ranks_what_the_yaml_trains():
+    """The YAML ranks one fused tensor per layer by its experts' mean score; so does the summary `as_yaml`
+    (the per-expert summary stays for the report), and the record says how many matrices each stands for."""
+    down, q = summarize(fused_scores(), 50, as_yaml=True)
+    assert (down.type, down.count, down.selected, down.matrices) == ("mlp.experts.down_proj", 2, 1, 8)
+    assert down.selected_modules == ("model.layers.1.mlp.experts.down_proj",) and down.max == pytest.approx(0.615)
+    assert q.matrices is None and q.selected_modules == ("model.layers.0.self_attn.q_proj",)
+    assert f"- {down.selected_modules[0]}\n" in fused_scores().to_yaml(50)
+    record = summary_record("org/moe", [down, q], top_percent=Fraction(50), scanned=False, seconds=0.1,
+                            scores_file="s.json", yaml_file="y.yaml")
+    assert (record["matrices"], record["selected"], record["scored_matrices"]) == (4, 2, 10)
+    assert record["types"][0]["matrices"] == 8 and "matrices" not in record["types"][1]
+    assert len(summarize(fused_scores(), 50)) == 5  # per expert, as before
+
+
+def test_dense_summary_is_the_same_either_way():
+    assert summarize(scores(), 50, as_yaml=True) == summarize(scores(), 50)
+    record = summary_record("org/model", summarize(scores(), 50, as_yaml=True), top_percent=Fraction(50),
+                            scanned=False, seconds=0.1, scores_file="s.json", yaml_file="y.yaml")
+    assert "scored_matrices" not in record and all("matrices" not in row for row in record["types"])
+
+
+def test_the_terminal_summary_of_a_moe_model_shows_fused_rows(tmp_path):
+    import json
+
+    from conftest import run_cli
+    from test_trainer_names import small
+
+    small("mixtral").save_pretrained(tmp_path / "m")
+    result = run_cli("--model", str(tmp_path / "m"), "--top-percent", "50", "--device", "cpu", "--output", "o.yaml",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert any(line.split()[:4] == ["mlp.experts.gate_up_proj", "(fused)", "2", "1"] for line in lines), result.stderr
+    assert not any("block_sparse_moe.experts" in line for line in lines)
+    assert any(line.startswith("fused: each row of a fused type is one layer's 3-D expert tensor") and
+               "mlp.experts.gate_up_proj: 16 in 2" in line for line in lines)
+    assert any(line.startswith("scanned in ") and line.endswith(": 7 of 14 tensors selected (34 matrices scored; "
+                                                                "a fused expert tensor counts once)") for line in lines)
+    record = json.loads(run_cli("--model", str(tmp_path / "m"), "--top-percent", "50", "--json", "--output", "o.yaml",
+                                cwd=tmp_path).stdout)
+    assert record["scored_matrices"] == 34 and record["types"][0]["selected_modules"][0].endswith(".mlp.experts.gate_up_proj")

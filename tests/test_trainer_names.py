@@ -19,11 +19,25 @@ from spectrum.select import yaml_entries
 from spectrum.trainer import axolotl_pattern, build_view, cached_view, checked_yaml, unmatched_entries
 
 
-def small(family: str):
-    """A tiny random model of each family, as transformers builds it."""
+def small(family: str, layers: int = 2):
+    """A tiny random model of each family, as transformers builds it (`layers` in its language model)."""
     torch.manual_seed(0)
-    text = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+    text = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=layers, num_attention_heads=4,
                 num_key_value_heads=2, max_position_embeddings=32)
+    if family == "llama":
+        return T.LlamaForCausalLM(T.LlamaConfig(**text))
+    if family == "gpt_oss":
+        return T.GptOssForCausalLM(T.GptOssConfig(**text, num_local_experts=4, num_experts_per_tok=2, head_dim=8))
+    if family == "qwen2_vl":
+        vision = dict(depth=2, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2, patch_size=4, spatial_merge_size=2,
+                      temporal_patch_size=2, in_channels=3)
+        return T.Qwen2VLForConditionalGeneration(T.Qwen2VLConfig(
+            text_config=dict(text, rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}), vision_config=vision))
+    if family == "gemma3":
+        vision = T.SiglipVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                                      image_size=32, patch_size=8)
+        return T.Gemma3ForConditionalGeneration(T.Gemma3Config(
+            text_config=T.Gemma3TextConfig(**text, head_dim=8).to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=4))
     if family == "mixtral":
         return T.MixtralForCausalLM(T.MixtralConfig(**text, num_local_experts=4, num_experts_per_tok=2))
     if family == "qwen2_moe":
@@ -279,8 +293,11 @@ def test_an_unbuildable_model_built_in_the_background_gives_no_view(tmp_path, mo
 
 
 def load_json_scores(working: Path, model: Path) -> dict:
-    (scores_file,) = [p for p in (working / "model_snr_results").glob("snr_results_*.json") if not p.name.endswith(".meta.json")]
-    return json.loads(scores_file.read_text())
+    """The per-checkpoint-tensor scores: the `.tensors.json` when the scores file is in the trainer's names."""
+    (scores_file,) = [p for p in (working / "model_snr_results").glob("snr_results_*.json")
+                      if not p.name.endswith((".meta.json", ".tensors.json"))]
+    tensors = scores_file.with_name(scores_file.name[: -len(".json")] + ".tensors.json")
+    return json.loads((tensors if tensors.is_file() else scores_file).read_text())
 
 
 def test_tensors_transformers_drops_on_load_are_left_out_of_the_yaml(tmp_path, monkeypatch):
@@ -312,7 +329,7 @@ def test_tensors_transformers_drops_on_load_are_left_out_of_the_yaml(tmp_path, m
     # The summary counts what the YAML chose from: the dropped layer is not in it either.
     summary = run_cli("--model", str(folder), "--top-percent", "50", "--json", "--output", "x.yaml", cwd=tmp_path)
     record = json.loads(summary.stdout)
-    assert summary.returncode == 0 and record["matrices"] == len(load_json_scores(tmp_path, folder)) - 21
+    assert summary.returncode == 0 and record["scored_matrices"] == len(load_json_scores(tmp_path, folder)) - 21
     assert not [m for row in record["types"] for m in row["selected_modules"] if ".61." in m]
 
 
