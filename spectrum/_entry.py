@@ -8,6 +8,8 @@ start. A Ctrl-C during the interpreter's own start-up, before any of our code ru
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
@@ -33,4 +35,16 @@ def run() -> None:
         code = main()
     except KeyboardInterrupt:
         code = INTERRUPTED
+    if code == INTERRUPTED:
+        # A Ctrl-C that landed while Python ran `exec` on a string (dataclasses build their methods
+        # so, on import) leaves CPython set to end the process by SIGINT at exit, whatever the exit
+        # code: leave now, with 130, once the streams are flushed (every file of ours is closed).
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                if stream is not None:
+                    stream.flush()
+            except (OSError, ValueError, KeyboardInterrupt):
+                pass
+        os._exit(INTERRUPTED)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the work is done: a late Ctrl-C does not change the exit code
     raise SystemExit(code)
