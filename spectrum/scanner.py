@@ -84,6 +84,22 @@ def _host_route(source: TensorSource, matrices: list[Matrix], device: str, metho
     )
 
 
+WORKERS_PER_CORE = 4  # the most CPU workers a scan starts per core: more only add memory (each holds a matrix)
+
+
+def capped_workers(threads: int | None) -> int:
+    """CPU workers for `threads` (default: one per core), at most `WORKERS_PER_CORE` per core, with a warning."""
+    cores = cpu_count()
+    if not threads:
+        return cores
+    cap = WORKERS_PER_CORE * cores
+    if threads > cap:
+        LOG.warning("--threads %d is more than %d workers per core; using %d (%d cores)",
+                    threads, WORKERS_PER_CORE, cap, cores)
+        return cap
+    return threads
+
+
 CUDA_STREAMS_ENV = "SPECTRUM_CUDA_STREAMS"
 
 
@@ -180,7 +196,7 @@ def scan_source(
         compute_device = resolve_device(device)
     known = journal.begin(source.describe(), concrete_method) if journal else {}
     resumed = {m.module: ModuleScore(known[m.module].snr, m.type) for m in mine if m.module in known}
-    workers = threads or cpu_count()
+    workers = capped_workers(threads)
     default_batch, pending_bytes, workers = (0, 0, workers) if host else _budgets(compute_device, workers)
     if batch_bytes is None:
         batch_bytes = default_batch
