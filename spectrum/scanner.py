@@ -17,16 +17,17 @@ from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
 from . import __version__
 from .distributed import World, gather, join, share
-from .errors import SpectrumError, UsageError
+from .errors import SpectrumError, UnsupportedFormatError, UsageError
 from .host import HOST_DTYPES, NUMPY_EIGVALSH_BELOW, cpu_threads_limited, keep_gram_buffers, resolve_method
 from .host import singular_values as host_singular_values
 from .inventory import Inventory, Matrix, TypeFilter, default_type_filter, take_inventory  # noqa: F401 (re-exported)
-from .naming import module_name, module_type, natural_key, without_expert_index
+from .naming import is_layer_module, module_name, module_type, natural_key, without_expert_index
 from .scores import ModuleScore, Scores
 from .pipeline import Batcher, Item, Reader, run_batches
 from .snr import DEFAULT_THRESHOLD, scores_from_singular_values
 from .sources import TensorSource, open_source
-from .sources.base import ShardInfo, SourceDescription, sample_digest
+from .sources.base import ShardInfo, SourceDescription, TensorInfo, sample_digest
+from .sources.quantized import FP8_SCALE_SUFFIX
 from .sources.safetensors import DTYPE_SIZES
 
 if TYPE_CHECKING:
@@ -173,13 +174,22 @@ def scan_source(
     inventory = take_inventory(source.tensors())
     wanted = type_filter or default_type_filter(inventory)
     chosen = [matrix for matrix in inventory.matrices if wanted(matrix.type)]
+    without_scales = [info for info in inventory.unsupported if _wanted_unsupported(info, type_filter)]
+    if not chosen and without_scales:
+        first = without_scales[0]
+        which = (f"all {len(without_scales)} weight matrices of the requested types are" if len(without_scales) > 1
+                 else "the one weight matrix of the requested types is")
+        raise UnsupportedFormatError(
+            f"{which} FP8 without the scale tensors needed to dequantize them ({first.name} is {first.dtype} and "
+            f"there is no {first.name}{FP8_SCALE_SUFFIX}); download the checkpoint again with its "
+            f"*.weight{FP8_SCALE_SUFFIX} tensors, or scan the unquantized model",
+            format="FP8",
+        )
     if not chosen:
         raise SpectrumError(
             "no weight matrix matches the requested types; run with --list-types to see the checkpoint's types"
         )
-    for info in inventory.unsupported:
-        if wanted(module_type(module_name(info.name) or info.name)):
-            LOG.warning("%s is stored as %s, which needs its scale tensors to dequantize; left out", info.name, info.dtype)
+    _warn_without_scales(without_scales)
     for info in inventory.unsplit:
         LOG.warning("%s is a 3-D tensor %s outside an `experts` module, which spectrum does not split into matrices; "
                     "left out", info.name, list(info.shape))
@@ -318,6 +328,27 @@ def scan_source(
         **({"fused_tensors": fused} if (fused := _fused_tensors(chosen)) else {}),
     }
     return ordered, provenance
+
+
+def _wanted_unsupported(info: TensorInfo, type_filter: TypeFilter | None) -> bool:
+    """Whether an FP8 weight without scales is one the request wants: of a requested type, or by default
+    inside a numbered layer (its type may be in no other matrix, so the default filter cannot tell)."""
+    module = module_name(info.name) or info.name
+    return type_filter(module_type(module)) if type_filter else is_layer_module(module)
+
+
+_LISTED_WITHOUT_SCALES = 5  # more FP8 weights without scales than this are reported in one line
+
+
+def _warn_without_scales(infos: list[TensorInfo]) -> None:
+    """Say which wanted FP8 weights are left out for lack of scale tensors: one line each, or one for all."""
+    if len(infos) <= _LISTED_WITHOUT_SCALES:
+        for info in infos:
+            LOG.warning("%s is stored as %s, which needs its scale tensors to dequantize; left out", info.name, info.dtype)
+        return
+    LOG.warning("%d weights (%s, ...) are stored as %s without their scale tensors (*%s), which are needed to "
+                "dequantize them; left out", len(infos), ", ".join(info.name for info in infos[:3]),
+                "/".join(sorted({info.dtype for info in infos})), FP8_SCALE_SUFFIX)
 
 
 def _fused_tensors(matrices: list[Matrix]) -> list[str]:
