@@ -3,9 +3,17 @@ change or shrink while they are scanned, FP8 weights without their scales."""
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
+import torch
 
 from conftest import load_json, run_cli
+from reliability import start_cli, wait_for_scores
 
 
 @pytest.mark.parametrize("value", ["1e23", "1_000", " 8", "+8", "８", "2.0", "0x10"])
@@ -27,3 +35,47 @@ def test_threads_beyond_four_per_core_are_capped_with_one_warning(tmp_path, tiny
     assert result.stderr.splitlines() == [
         f"warning: --threads 1000 is more than 4 workers per core; using {4 * cores} ({cores} cores)"]
     assert load_json(tmp_path / "model_snr_results" / "snr_results_t.meta.json")["workers"] == 4 * cores
+
+
+def _truncate_mid_scan(model: Path, work: Path) -> subprocess.CompletedProcess:
+    """Scan `model` in a real `python -m spectrum` and cut the file to half its size once 3 scores
+    are saved; the finished process."""
+    process = start_cli("--model", str(model), "--name", "m", "--threads", "1", "--no-check", "--quiet",
+                        cwd=work)
+    try:
+        wait_for_scores(work / "model_snr_results" / "snr_results_m.partial.jsonl", 3, process)
+        os.truncate(model, model.stat().st_size // 2)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def test_gguf_cut_short_mid_scan_is_one_line_not_a_sigbus(tmp_path):
+    """The real SmolLM2 Q4_1 GGUF, copied, then truncated while it is scanned: its tensors are read with
+    `readinto`, not through the memory map, so a short file is an error (it was SIGBUS, exit -7)."""
+    from test_sources_gguf import smollm2_gguf
+
+    model = tmp_path / "smollm2.gguf"
+    shutil.copy(smollm2_gguf(), model)
+    result = _truncate_mid_scan(model, tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert re.fullmatch(rf"spectrum: error: {re.escape(str(model))}: file ended inside tensor blk\.\d+\.\w+\.weight "
+                        r"\(truncated\); the file is damaged or incomplete, download it again\n", result.stderr)
+    assert not (tmp_path / "model_snr_results" / "snr_results_m.json").exists()
+
+
+def test_bin_cut_short_mid_scan_is_one_line_not_a_sigbus(tmp_path):
+    """A memory-mapped `pytorch_model.bin` truncated while it is scanned: the size is checked before each
+    tensor is copied out of the map (it was SIGBUS, exit -7)."""
+    generator = torch.Generator().manual_seed(0)
+    model = tmp_path / "pytorch_model.bin"
+    torch.save({f"model.layers.{layer}.mlp.{kind}.weight": torch.randn(512, 1024, generator=generator)
+                for layer in range(20) for kind in ("up_proj", "down_proj")}, model)
+    size = model.stat().st_size
+    result = _truncate_mid_scan(model, tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert re.fullmatch(rf"spectrum: error: {re.escape(str(model))}: file shrank from {size} to {size // 2} bytes "
+                        r"while it was scanned, before tensor model\.layers\.\d+\.mlp\.\w+\.weight was read "
+                        r"\(truncated\); the file is damaged or incomplete, download it again\n", result.stderr)
+    assert not (tmp_path / "model_snr_results" / "snr_results_m.json").exists()
