@@ -13,11 +13,12 @@ import math
 import os
 import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
 from . import __version__
 from .distributed import World, gather, join, share
-from .errors import SpectrumError, UnsupportedFormatError, UsageError
+from .errors import SpectrumError, UnsupportedFormatError, UsageError, WeightsChangedError
 from .host import HOST_DTYPES, NUMPY_EIGVALSH_BELOW, cpu_threads_limited, keep_gram_buffers, resolve_method
 from .host import singular_values as host_singular_values
 from .inventory import Inventory, Matrix, TypeFilter, default_type_filter, take_inventory  # noqa: F401 (re-exported)
@@ -204,7 +205,9 @@ def scan_source(
         from .engine import resolve_device, singular_values
 
         compute_device = resolve_device(device)
-    known = journal.begin(source.describe(), concrete_method) if journal else {}
+    description = source.describe()  # before any weight is read: what the scores will be of
+    shard_states = {shard.name: state for shard in description.shards if (state := _ShardState.take(shard))}
+    known = journal.begin(description, concrete_method) if journal else {}
     resumed = {m.module: ModuleScore(known[m.module].snr, m.type) for m in mine if m.module in known}
     workers = capped_workers(threads)
     default_batch, pending_bytes, workers = (0, 0, workers) if host else _budgets(compute_device, workers)
@@ -303,8 +306,10 @@ def scan_source(
         if torch_threads is not None:
             torch.set_num_threads(torch_threads)
 
+    _check_unchanged(description, shard_states)
     ordered = dict(sorted(results.items(), key=lambda item: (item[1].type, natural_key(item[0]))))
-    description = source.describe()
+    after = {shard.name: shard for shard in source.describe().shards}  # Hub shard sizes are known once downloaded
+    shards = [after.get(shard.name, shard) if shard.path is None else shard for shard in description.shards]
     provenance = {
         "tool": "spectrum",
         "version": __version__,
@@ -312,7 +317,7 @@ def scan_source(
             "kind": description.kind,
             "location": description.location,
             "revision": description.revision,
-            "shards": [_shard_record(shard) for shard in description.shards],
+            "shards": [_shard_record(shard, shard_states.get(shard.name)) for shard in shards],
             **({"stored_types": description.stored_types} if description.stored_types else {}),
         },
         "dtypes": sorted({matrix.info.dtype for matrix in chosen}),
@@ -357,16 +362,63 @@ def _fused_tensors(matrices: list[Matrix]) -> list[str]:
     return sorted({without_expert_index(matrix.module) for matrix in matrices if matrix.expert is not None})
 
 
-def _shard_record(shard: ShardInfo) -> dict:
-    """A shard in the sidecar: name and size; for a local file also its mtime and a sampled digest,
-    so that a later run can tell new weights of the same size (`store.stale_reason`)."""
+@dataclass(frozen=True)
+class _ShardState:
+    """A local weight file as a scan starts reading it: compared with the file as the scan ends."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    file_id: tuple[int, int]  # (device, inode): os.replace puts another file at the path
+    digest: str | None  # `sample_digest`; None when it could not be read
+
+    @classmethod
+    def take(cls, shard: ShardInfo) -> "_ShardState | None":
+        """The state of a local shard now; None for a shard that is not a local file (a Hub download to come)."""
+        if shard.path is None:
+            return None
+        try:
+            status = os.stat(shard.path)
+        except OSError:
+            return None
+        try:
+            digest = sample_digest(shard.path)
+        except OSError:
+            digest = None
+        return cls(shard.path, status.st_size, status.st_mtime_ns, (status.st_dev, status.st_ino), digest)
+
+    def change(self, now: "_ShardState | None") -> str | None:
+        """How the file differs from `now` (the same path later), in words; None when it does not."""
+        if now is None:
+            return "it is gone"
+        if now.file_id != self.file_id:
+            return "another file was put in its place"
+        if now.size != self.size:
+            return f"it was {self.size} bytes and is {now.size} bytes now"
+        if now.mtime_ns != self.mtime_ns:
+            return "it was written to"
+        if now.digest != self.digest:
+            return "same size, other content"
+        return None
+
+
+def _check_unchanged(description: SourceDescription, states: dict[str, _ShardState]) -> None:
+    """Raise WeightsChangedError when a local shard is not the file it was when the scan started."""
+    for shard in description.shards:
+        state = states.get(shard.name)
+        if state is not None and (change := state.change(_ShardState.take(shard))) is not None:
+            raise WeightsChangedError(state.path, change)
+
+
+def _shard_record(shard: ShardInfo, state: _ShardState | None = None) -> dict:
+    """A shard in the sidecar: name and size; for a local file also its mtime and a sampled digest (taken
+    as the scan started), so that a later run can tell new weights of the same size (`store.stale_reason`)."""
     record: dict = {"name": shard.name, "size": shard.size}
     if shard.path is not None:
         record["mtime_ns"] = shard.mtime_ns
-        try:
-            record["sample_sha256"] = sample_digest(shard.path)
-        except OSError:
-            pass
+        digest = state.digest if state is not None else None
+        if digest is not None:
+            record["sample_sha256"] = digest
     return record
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import load_json, run_cli
-from reliability import start_cli, wait_for_scores
+from reliability import listing, start_cli, wait_for_scores
 
 
 @pytest.mark.parametrize("value", ["1e23", "1_000", " 8", "+8", "８", "2.0", "0x10"])
@@ -79,3 +79,77 @@ def test_bin_cut_short_mid_scan_is_one_line_not_a_sigbus(tmp_path):
                         r"while it was scanned, before tensor model\.layers\.\d+\.mlp\.\w+\.weight was read "
                         r"\(truncated\); the file is damaged or incomplete, download it again\n", result.stderr)
     assert not (tmp_path / "model_snr_results" / "snr_results_m.json").exists()
+
+
+def _weights(seed: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {f"model.layers.{layer}.mlp.up_proj.weight": torch.randn(32, 16, generator=generator) for layer in range(12)}
+
+
+@pytest.mark.parametrize("how", ["replaced", "rewritten in place", "rewritten in place, mtime restored"])
+def test_weights_changed_during_a_scan_are_never_cached(tmp_path, how):
+    """The file is changed after 3 scores (same header, other values): the scan fails with one line,
+    neither scores nor a partial scan are kept, and the next run scans the new weights."""
+    from safetensors.torch import save_file
+
+    from spectrum.errors import WeightsChangedError
+    from spectrum.store import load_or_scan
+
+    model = tmp_path / "m"
+    model.mkdir()
+    weights = model / "model.safetensors"
+    save_file(_weights(0), str(weights))
+    save_file(_weights(1), str(tmp_path / "new.safetensors"))
+    new_bytes = (tmp_path / "new.safetensors").read_bytes()
+    assert len(new_bytes) == weights.stat().st_size and new_bytes != weights.read_bytes()
+    (tmp_path / "fresh").mkdir()
+    shutil.copy(tmp_path / "new.safetensors", tmp_path / "fresh" / "model.safetensors")
+    expected = load_or_scan(str(tmp_path / "fresh"), cache_dir=str(tmp_path / "expected"), device="cpu", threads=1)
+    cache = tmp_path / "cache"
+
+    def change(done: int, total: int, nbytes: int) -> None:
+        if done >= 3 and not getattr(change, "done", False):
+            change.done = True
+            if how == "replaced":
+                os.replace(tmp_path / "new.safetensors", weights)
+                return
+            status = weights.stat()
+            with open(weights, "r+b") as handle:
+                handle.write(new_bytes)
+            if how.endswith("mtime restored"):
+                os.utime(weights, ns=(status.st_atime_ns, status.st_mtime_ns))
+
+    with pytest.raises(WeightsChangedError) as caught:
+        load_or_scan(str(model), cache_dir=str(cache), device="cpu", threads=1, on_progress=change)
+    what = {"replaced": "another file was put in its place", "rewritten in place": "it was written to",
+            "rewritten in place, mtime restored": "same size, other content"}[how]
+    assert str(caught.value) == (f"{weights} changed while it was scanned ({what}); no scores were kept, run again "
+                                 "once the file is complete")
+    assert listing(cache) == []  # no scores, sidecar, partial scan or lock
+
+    again = load_or_scan(str(model), cache_dir=str(cache), device="cpu", threads=1)
+    assert again.scanned and again.scores.entries == expected.scores.entries
+    assert Path(again.cache_file).read_bytes() == Path(expected.cache_file).read_bytes()
+    assert not load_or_scan(str(model), cache_dir=str(cache), device="cpu", threads=1).scanned
+
+
+def test_weights_changed_during_a_cli_scan_is_one_line(tmp_path):
+    """The same through `python -m spectrum`: the file is rewritten while a scan reads it (after 3
+    scores are saved); exit 1, one line, nothing cached."""
+    from reliability import save_slow_checkpoint
+
+    model = save_slow_checkpoint(tmp_path / "model.safetensors")
+    data = bytearray(model.read_bytes())
+    data[-1024:] = bytes(1024)  # other values in the last tensor, same header and size
+    process = start_cli("--model", str(model), "--name", "m", "--threads", "1", "--no-check", "--quiet", cwd=tmp_path)
+    try:
+        wait_for_scores(tmp_path / "model_snr_results" / "snr_results_m.partial.jsonl", 3, process)
+        with open(model, "r+b") as handle:
+            handle.write(data)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert (process.returncode, stdout) == (1, ""), stderr
+    assert stderr == (f"spectrum: error: {model} changed while it was scanned (it was written to); no scores were "
+                      "kept, run again once the file is complete\n")
+    assert listing(tmp_path / "model_snr_results") == []
