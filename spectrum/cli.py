@@ -136,9 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _positive_int(text: str) -> int:
+    """A count written as plain digits (not `1e3`, `1_000`, ` 8` or digits of other scripts), at least 1."""
     try:
-        value = int(text)
-    except ValueError:
+        value = int(text) if text.isascii() and text.isdigit() else 0
+    except ValueError:  # more digits than Python converts
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")

@@ -41,6 +41,17 @@ class CorruptCheckpointError(SpectrumError):
         self.reason = reason
 
 
+class WeightsChangedError(SpectrumError):
+    """Raised when a weight file changed while it was scanned: its scores could mix two sets of weights,
+    so none are kept (the cache is not written and the partial scan is discarded)."""
+
+    def __init__(self, path: str, change: str) -> None:
+        super().__init__(f"{path} changed while it was scanned ({change}); no scores were kept, run again "
+                         "once the file is complete")
+        self.path = path
+        self.change = change
+
+
 class CacheError(SpectrumError):
     """Raised when a scores file cannot be read or written."""
 

@@ -11,8 +11,8 @@ them into batches and hands the batches to compute workers:
 - CUDA: one worker, batches of same-shape matrices up to a device-memory budget: fewer
   launches and synchronisations.
 
-Memory stays bounded: the queue holds at most a few tensors, and pending CUDA batches are
-capped by a RAM budget.
+Memory stays bounded: the queue holds at most a few tensors and at most `QUEUE_BYTES` of them
+(one tensor always fits, however large), and pending CUDA batches are capped by a RAM budget.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     Stored = Union[torch.Tensor, StoredArray]  # a torch tensor, or NumPy for the torch-free CPU route
 
 _DONE = object()
+QUEUE_BYTES = 256 << 20  # tensors read ahead of the workers, in bytes
 
 
 @dataclass
@@ -42,13 +43,19 @@ class Item:
 
 
 class Reader:
-    """A thread that reads tensors shard by shard into a bounded queue."""
+    """A thread that reads tensors shard by shard into a queue bounded in tensors (`depth`) and in
+    bytes (`max_bytes`; a tensor larger than that still goes in, alone)."""
 
-    def __init__(self, produce: Callable[[], Iterator[tuple[object, Stored]]], depth: int) -> None:
+    def __init__(self, produce: Callable[[], Iterator[tuple[object, Stored]]], depth: int,
+                 max_bytes: int = QUEUE_BYTES) -> None:
         self._produce = produce
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
         self.bytes_read = 0
+        self.max_bytes = max_bytes
+        self.queued_bytes = 0  # bytes of the tensors in the queue
+        self.peak_queued_bytes = 0
+        self._room = threading.Condition()  # signalled when a tensor leaves the queue
         self._thread = threading.Thread(target=self._run, name="spectrum-reader", daemon=True)
 
     def _put(self, element: object) -> bool:
@@ -60,11 +67,27 @@ class Reader:
                 continue
         return False
 
+    def _reserve(self, nbytes: int) -> bool:
+        """Wait until `nbytes` more fit in the queue's byte budget (or the queue is empty), and count them."""
+        with self._room:
+            while self.queued_bytes and self.queued_bytes + nbytes > self.max_bytes:
+                if self._stop.is_set():
+                    return False
+                self._room.wait(timeout=0.1)
+            self.queued_bytes += nbytes
+            self.peak_queued_bytes = max(self.peak_queued_bytes, self.queued_bytes)
+        return True
+
+    def _taken(self, nbytes: int) -> None:
+        with self._room:
+            self.queued_bytes -= nbytes
+            self._room.notify()
+
     def _run(self) -> None:
         try:
             for key, tensor in self._produce():
                 self.bytes_read += tensor.nbytes
-                if not self._put(Item(key, tensor)):
+                if not self._reserve(tensor.nbytes) or not self._put(Item(key, tensor)):
                     return
             self._put(_DONE)
         except BaseException as err:  # noqa: BLE001 - handed to the consumer, which re-raises it
@@ -79,6 +102,7 @@ class Reader:
                     return
                 if isinstance(element, BaseException):
                     raise element
+                self._taken(element.tensor.nbytes)
                 yield element
         finally:
             self.stop()

@@ -13,20 +13,22 @@ import math
 import os
 import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
 from . import __version__
 from .distributed import World, gather, join, share
-from .errors import NoMatrixError, SpectrumError, UsageError
+from .errors import NoMatrixError, SpectrumError, UnsupportedFormatError, UsageError, WeightsChangedError
 from .host import HOST_DTYPES, NUMPY_EIGVALSH_BELOW, cpu_threads_limited, keep_gram_buffers, resolve_method
 from .host import singular_values as host_singular_values
 from .inventory import Inventory, Matrix, TypeFilter, default_type_filter, take_inventory  # noqa: F401 (re-exported)
-from .naming import module_name, module_type, natural_key, without_expert_index
+from .naming import is_layer_module, module_name, module_type, natural_key, without_expert_index
 from .scores import ModuleScore, Scores
 from .pipeline import Batcher, Item, Reader, run_batches
 from .snr import DEFAULT_THRESHOLD, scores_from_singular_values
 from .sources import TensorSource, open_source
-from .sources.base import ShardInfo, SourceDescription, sample_digest
+from .sources.base import ShardInfo, SourceDescription, TensorInfo, sample_digest
+from .sources.quantized import FP8_SCALE_SUFFIX
 from .sources.safetensors import DTYPE_SIZES
 
 if TYPE_CHECKING:
@@ -82,6 +84,22 @@ def _host_route(source: TensorSource, matrices: list[Matrix], device: str, metho
         and source.reads_arrays
         and all(m.info.dtype in HOST_DTYPES and min(m.shape) < NUMPY_EIGVALSH_BELOW for m in matrices)
     )
+
+
+WORKERS_PER_CORE = 4  # the most CPU workers a scan starts per core: more only add memory (each holds a matrix)
+
+
+def capped_workers(threads: int | None) -> int:
+    """CPU workers for `threads` (default: one per core), at most `WORKERS_PER_CORE` per core, with a warning."""
+    cores = cpu_count()
+    if not threads:
+        return cores
+    cap = WORKERS_PER_CORE * cores
+    if threads > cap:
+        LOG.warning("--threads %d is more than %d workers per core; using %d (%d cores)",
+                    threads, WORKERS_PER_CORE, cap, cores)
+        return cap
+    return threads
 
 
 CUDA_STREAMS_ENV = "SPECTRUM_CUDA_STREAMS"
@@ -157,13 +175,22 @@ def scan_source(
     inventory = take_inventory(source.tensors())
     wanted = type_filter or default_type_filter(inventory)
     chosen = [matrix for matrix in inventory.matrices if wanted(matrix.type)]
+    without_scales = [info for info in inventory.unsupported if _wanted_unsupported(info, type_filter)]
+    if not chosen and without_scales:
+        first = without_scales[0]
+        which = (f"all {len(without_scales)} weight matrices of the requested types are" if len(without_scales) > 1
+                 else "the one weight matrix of the requested types is")
+        raise UnsupportedFormatError(
+            f"{which} FP8 without the scale tensors needed to dequantize them ({first.name} is {first.dtype} and "
+            f"there is no {first.name}{FP8_SCALE_SUFFIX}); download the checkpoint again with its "
+            f"*.weight{FP8_SCALE_SUFFIX} tensors, or scan the unquantized model",
+            format="FP8",
+        )
     if not chosen:
         raise NoMatrixError(
             "no weight matrix matches the requested types; run with --list-types to see the checkpoint's types"
         )
-    for info in inventory.unsupported:
-        if wanted(module_type(module_name(info.name) or info.name)):
-            LOG.warning("%s is stored as %s, which needs its scale tensors to dequantize; left out", info.name, info.dtype)
+    _warn_without_scales(without_scales)
     for info in inventory.unsplit:
         LOG.warning("%s is a 3-D tensor %s outside an `experts` module, which spectrum does not split into matrices; "
                     "left out", info.name, list(info.shape))
@@ -178,9 +205,11 @@ def scan_source(
         from .engine import resolve_device, singular_values
 
         compute_device = resolve_device(device)
-    known = journal.begin(source.describe(), concrete_method) if journal else {}
+    description = source.describe()  # before any weight is read: what the scores will be of
+    shard_states = {shard.name: state for shard in description.shards if (state := _ShardState.take(shard))}
+    known = journal.begin(description, concrete_method) if journal else {}
     resumed = {m.module: ModuleScore(known[m.module].snr, m.type) for m in mine if m.module in known}
-    workers = threads or cpu_count()
+    workers = capped_workers(threads)
     default_batch, pending_bytes, workers = (0, 0, workers) if host else _budgets(compute_device, workers)
     if batch_bytes is None:
         batch_bytes = default_batch
@@ -285,8 +314,10 @@ def scan_source(
         if torch_threads is not None:
             torch.set_num_threads(torch_threads)
 
+    _check_unchanged(description, shard_states)
     ordered = dict(sorted(results.items(), key=lambda item: (item[1].type, natural_key(item[0]))))
-    description = source.describe()
+    after = {shard.name: shard for shard in source.describe().shards}  # Hub shard sizes are known once downloaded
+    shards = [after.get(shard.name, shard) if shard.path is None else shard for shard in description.shards]
     provenance = {
         "tool": "spectrum",
         "version": __version__,
@@ -294,7 +325,7 @@ def scan_source(
             "kind": description.kind,
             "location": description.location,
             "revision": description.revision,
-            "shards": [_shard_record(shard) for shard in description.shards],
+            "shards": [_shard_record(shard, shard_states.get(shard.name)) for shard in shards],
             **({"stored_types": description.stored_types} if description.stored_types else {}),
         },
         "dtypes": sorted({matrix.info.dtype for matrix in chosen}),
@@ -313,22 +344,90 @@ def scan_source(
     return ordered, provenance
 
 
+def _wanted_unsupported(info: TensorInfo, type_filter: TypeFilter | None) -> bool:
+    """Whether an FP8 weight without scales is one the request wants: of a requested type, or by default
+    inside a numbered layer (its type may be in no other matrix, so the default filter cannot tell)."""
+    module = module_name(info.name) or info.name
+    return type_filter(module_type(module)) if type_filter else is_layer_module(module)
+
+
+_LISTED_WITHOUT_SCALES = 5  # more FP8 weights without scales than this are reported in one line
+
+
+def _warn_without_scales(infos: list[TensorInfo]) -> None:
+    """Say which wanted FP8 weights are left out for lack of scale tensors: one line each, or one for all."""
+    if len(infos) <= _LISTED_WITHOUT_SCALES:
+        for info in infos:
+            LOG.warning("%s is stored as %s, which needs its scale tensors to dequantize; left out", info.name, info.dtype)
+        return
+    LOG.warning("%d weights (%s, ...) are stored as %s without their scale tensors (*%s), which are needed to "
+                "dequantize them; left out", len(infos), ", ".join(info.name for info in infos[:3]),
+                "/".join(sorted({info.dtype for info in infos})), FP8_SCALE_SUFFIX)
+
+
 def _fused_tensors(matrices: list[Matrix]) -> list[str]:
     """The stored 3-D expert tensors (module names) whose experts were scored one by one: the YAML
     names those tensors, which are what exists, also when no view of the trainer's model is at hand."""
     return sorted({without_expert_index(matrix.module) for matrix in matrices if matrix.expert is not None})
 
 
-def _shard_record(shard: ShardInfo) -> dict:
-    """A shard in the sidecar: name and size; for a local file also its mtime and a sampled digest,
-    so that a later run can tell new weights of the same size (`store.stale_reason`)."""
+@dataclass(frozen=True)
+class _ShardState:
+    """A local weight file as a scan starts reading it: compared with the file as the scan ends."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    file_id: tuple[int, int]  # (device, inode): os.replace puts another file at the path
+    digest: str | None  # `sample_digest`; None when it could not be read
+
+    @classmethod
+    def take(cls, shard: ShardInfo) -> "_ShardState | None":
+        """The state of a local shard now; None for a shard that is not a local file (a Hub download to come)."""
+        if shard.path is None:
+            return None
+        try:
+            status = os.stat(shard.path)
+        except OSError:
+            return None
+        try:
+            digest = sample_digest(shard.path)
+        except OSError:
+            digest = None
+        return cls(shard.path, status.st_size, status.st_mtime_ns, (status.st_dev, status.st_ino), digest)
+
+    def change(self, now: "_ShardState | None") -> str | None:
+        """How the file differs from `now` (the same path later), in words; None when it does not."""
+        if now is None:
+            return "it is gone"
+        if now.file_id != self.file_id:
+            return "another file was put in its place"
+        if now.size != self.size:
+            return f"it was {self.size} bytes and is {now.size} bytes now"
+        if now.mtime_ns != self.mtime_ns:
+            return "it was written to"
+        if now.digest != self.digest:
+            return "same size, other content"
+        return None
+
+
+def _check_unchanged(description: SourceDescription, states: dict[str, _ShardState]) -> None:
+    """Raise WeightsChangedError when a local shard is not the file it was when the scan started."""
+    for shard in description.shards:
+        state = states.get(shard.name)
+        if state is not None and (change := state.change(_ShardState.take(shard))) is not None:
+            raise WeightsChangedError(state.path, change)
+
+
+def _shard_record(shard: ShardInfo, state: _ShardState | None = None) -> dict:
+    """A shard in the sidecar: name and size; for a local file also its mtime and a sampled digest (taken
+    as the scan started), so that a later run can tell new weights of the same size (`store.stale_reason`)."""
     record: dict = {"name": shard.name, "size": shard.size}
     if shard.path is not None:
         record["mtime_ns"] = shard.mtime_ns
-        try:
-            record["sample_sha256"] = sample_digest(shard.path)
-        except OSError:
-            pass
+        digest = state.digest if state is not None else None
+        if digest is not None:
+            record["sample_sha256"] = digest
     return record
 
 

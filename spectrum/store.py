@@ -5,7 +5,9 @@ It is also where a cache entry is kept whole when scans are interrupted or run s
 
 - **Validity**: the sidecar records what the scores were computed from. A local folder whose
   shards changed (names or sizes), or a Hub id whose revision now points to another commit in
-  the local Hugging Face cache, is reported and scanned again instead of reused.
+  the local Hugging Face cache, is reported and scanned again instead of reused. A local shard
+  that changes while it is scanned (`spectrum.scanner` compares it with the file as the scan
+  started) fails the scan: nothing is cached and the partial scan is discarded.
 - **Resume**: a scan commits each score to `snr_results_<slug>.partial.jsonl` as it comes
   (`spectrum.journal`); an interrupted scan resumes from it, and it is deleted once the scores
   file is written. Axolotl never reads it: it is not named like a scores file.
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING, Callable
 
 from .cache import SIDECAR_MISMATCH, plugin_text_differs, read_scores, scores_path, write_scores
 from .distributed import World
-from .errors import NoMatrixError, SpectrumError
+from .errors import NoMatrixError, SpectrumError, WeightsChangedError
 from .journal import PartialScan, ScanInterrupted, partial_path
 from .lock import EntryLock, lock_path
 from .scores import Scores
@@ -156,6 +158,9 @@ def load_or_scan(
         except KeyboardInterrupt as err:
             _keep_or_discard(journal)
             raise ScanInterrupted(journal.saved, total[0] if total else None, journal.path) from err
+        except WeightsChangedError:
+            journal.discard()  # its scores may be of the weights before the change, or of both
+            raise
         except BaseException:
             _keep_or_discard(journal)
             raise

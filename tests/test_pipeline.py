@@ -71,6 +71,39 @@ def test_reader_errors_reach_the_consumer():
         list(Reader(produce, depth=1))
 
 
+def test_reader_queue_is_bounded_in_bytes_not_only_in_tensors():
+    """A deep queue (many workers) of large tensors holds at most `max_bytes` of them, and a tensor
+    larger than the budget still goes through, alone."""
+    import time
+
+    sizes = [100] * 20 + [1000] + [100] * 5  # bytes of float32 tensors
+    reader = Reader(lambda: ((index, torch.zeros(size // 4)) for index, size in enumerate(sizes)), depth=1000,
+                    max_bytes=350)
+    taken = []
+    for element in reader:
+        time.sleep(0.01)  # a slow consumer: the reader fills the queue as far as it may
+        taken.append(element.key)
+    assert taken == list(range(len(sizes)))
+    assert reader.peak_queued_bytes == 1000  # the large one alone; before it, 300 of 350 bytes
+    assert reader.queued_bytes == 0 and reader.bytes_read == sum(sizes)
+
+    small = Reader(lambda: ((index, torch.zeros(25)) for index in range(30)), depth=1000, max_bytes=350)
+    for _ in small:
+        time.sleep(0.01)
+    assert 300 <= small.peak_queued_bytes <= 350
+
+
+def test_workers_are_capped_at_four_per_core(tiny_llama_dir, caplog):
+    from spectrum.scanner import cpu_count
+
+    cores = cpu_count()
+    with caplog.at_level("WARNING", logger="spectrum"):
+        scores = scan(str(tiny_llama_dir), device="cpu", threads=10**23)
+    assert scores.meta["workers"] == 4 * cores
+    assert f"--threads {10**23} is more than 4 workers per core; using {4 * cores} ({cores} cores)" in caplog.text
+    assert scan(str(tiny_llama_dir), device="cpu", threads=4 * cores).meta["workers"] == 4 * cores
+
+
 def test_a_failed_scan_leaves_no_reader_running(tmp_path, monkeypatch):
     """A worker fails (a fault injected into the second matrix): by the time the error reaches the
     caller, which closes the source next, the reader thread has stopped reading."""

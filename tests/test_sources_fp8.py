@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from spectrum.errors import UnsupportedFormatError
+from conftest import run_cli
+from spectrum.errors import SpectrumError, UnsupportedFormatError
 from spectrum.scanner import scan, take_inventory
 from spectrum.sources import open_source
 
@@ -143,3 +144,49 @@ def test_scale_that_does_not_fit_the_block(tmp_path):
     with pytest.raises(UnsupportedFormatError, match=r"weight_scale_inv has shape \[2, 3\], but a \[192, 300\] "
                        r"weight in 64x64 blocks needs \[3, 5\]; check quantization_config.weight_block_size"):
         scan(str(folder), device="cpu")
+
+
+def test_fp8_without_scales_is_named_when_it_is_all_there_is(tmp_path, caplog):
+    """FP8 weights without `*_scale_inv`: a type they alone make up still gets its warnings, and a
+    request that only they could answer fails saying so (not 'no weight matrix matches')."""
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    save_file({**{f"model.layers.{i}.mlp.up_proj.weight": torch.randn(16, 8).to(torch.float8_e4m3fn) for i in range(2)},
+               **{f"model.layers.{i}.mlp.down_proj.weight": torch.randn(8, 16) for i in range(2)}},
+              str(mixed / "model.safetensors"))
+    with caplog.at_level(logging.WARNING, logger="spectrum"):
+        scores = scan(str(mixed), device="cpu")
+    assert list(scores.entries) == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
+    assert [record.getMessage() for record in caplog.records] == [
+        f"model.layers.{i}.mlp.up_proj.weight is stored as F8_E4M3, which needs its scale tensors to dequantize; "
+        "left out" for i in range(2)]
+
+    many = tmp_path / "many"
+    many.mkdir()
+    save_file({f"model.layers.{i}.mlp.up_proj.weight": torch.randn(16, 8).to(torch.float8_e4m3fn) for i in range(8)},
+              str(many / "model.safetensors"))
+    message = ("all 8 weight matrices of the requested types are FP8 without the scale tensors needed to dequantize "
+               "them (model.layers.0.mlp.up_proj.weight is F8_E4M3 and there is no "
+               "model.layers.0.mlp.up_proj.weight_scale_inv); download the checkpoint again with its "
+               "*.weight_scale_inv tensors, or scan the unquantized model")
+    with pytest.raises(UnsupportedFormatError) as caught:
+        scan(str(many), device="cpu")
+    assert str(caught.value) == message
+    with pytest.raises(SpectrumError, match="^no weight matrix matches the requested types"):
+        scan(str(many), device="cpu", type_filter=lambda type_name: False)  # none of them requested
+    result = run_cli("--model", str(many), "--no-check", cwd=tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", f"spectrum: error: {message}\n")
+
+
+def test_many_fp8_weights_without_scales_are_one_warning(tmp_path, caplog):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    save_file({**{f"model.layers.{i}.mlp.up_proj.weight": torch.randn(16, 8).to(torch.float8_e4m3fn) for i in range(8)},
+               "model.layers.0.mlp.down_proj.weight": torch.randn(8, 16)}, str(folder / "model.safetensors"))
+    with caplog.at_level(logging.WARNING, logger="spectrum"):
+        scores = scan(str(folder), device="cpu")
+    assert list(scores.entries) == ["model.layers.0.mlp.down_proj"]
+    assert [record.getMessage() for record in caplog.records] == [
+        "8 weights (model.layers.0.mlp.up_proj.weight, model.layers.1.mlp.up_proj.weight, "
+        "model.layers.2.mlp.up_proj.weight, ...) are stored as F8_E4M3 without their scale tensors (*_scale_inv), "
+        "which are needed to dequantize them; left out"]

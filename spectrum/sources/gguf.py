@@ -1,7 +1,8 @@
 """GGUF files (llama.cpp) behind the same interface: dequantized, renamed, rows restored.
 
 The `gguf` package's `GGUFReader` memory-maps the file and parses its metadata and tensor
-table; a tensor's bytes are touched only when it is read. Each tensor is dequantized to float32
+table. A tensor's bytes are then read from the file with `readinto`, never through the map: a file
+that shrinks during the scan is a "truncated" error, not a SIGBUS. Each tensor is dequantized to float32
 with `gguf.quants.dequantize` (every quantization type that package implements), its
 dimensions are reversed (GGUF lists the fastest-varying first; torch lists it last), and its
 llama.cpp name is mapped to the Hugging Face name (`blk.3.attn_q.weight` ->
@@ -120,6 +121,8 @@ class GGUFSource(TensorSource):
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)
         self.shard = os.path.basename(path)
+        self._fields: dict[str, object] = {}  # metadata values, by key, each read from the map once
+        self._handle = None  # the file, for tensor bytes (opened at the first read)
         try:
             self._reader = gguf.GGUFReader(self.path, "r")
         except ValueError as err:
@@ -149,6 +152,9 @@ class GGUFSource(TensorSource):
                 path=path,
                 format="GGUF",
             )
+        if self.family.permuted_qk:  # read now: later reads stay off the memory map
+            self._field(f"{self.architecture}.attention.head_count")
+            self._field(f"{self.architecture}.attention.head_count_kv")
         self._stored: dict[str, object] = {}  # Hugging Face name -> gguf ReaderTensor
         self._infos: list[TensorInfo] = []
         unmapped = []
@@ -179,13 +185,35 @@ class GGUFSource(TensorSource):
             )
 
     def _field(self, key: str, default: object = None) -> object:
+        if key not in self._fields:
+            self._fields[key] = self._read_field(key)
+        value = self._fields[key]
+        return default if value is None else value
+
+    def _read_field(self, key: str) -> object:
         field = self._reader.get_field(key)
         if field is None:
-            return default
+            return None
         if hasattr(field, "contents"):
             return field.contents()
         value = field.parts[field.data[0]]  # gguf < 0.11
         return bytes(value).decode("utf-8") if value.dtype == np.uint8 else value.tolist()[0]
+
+    def _stored_array(self, stored) -> np.ndarray:
+        """A tensor's stored bytes, read from the file into an array of the reader's dtype and shape (a
+        writable copy; the memory map is not touched, so a file cut short is an error, not a SIGBUS)."""
+        buffer = bytearray(stored.n_bytes)
+        if self._handle is None:
+            self._handle = open(self.path, "rb", buffering=0)
+        self._handle.seek(stored.data_offset)
+        view = memoryview(buffer)
+        filled = 0
+        while filled < stored.n_bytes:
+            count = self._handle.readinto(view[filled:])
+            if not count:
+                raise CorruptCheckpointError(self.path, f"file ended inside tensor {stored.name} (truncated)")
+            filled += count
+        return np.frombuffer(buffer, dtype=stored.data.dtype).reshape(stored.data.shape)
 
     def _head_count(self, key: str, layer: int, fallback: int | None = None) -> int:
         value = self._field(f"{self.architecture}.attention.{key}", fallback)
@@ -202,11 +230,10 @@ class GGUFSource(TensorSource):
         """Each tensor dequantized (float32 unless stored F16/F64/integer), torch dimension order, HF rows."""
         for info in sorted(infos, key=lambda i: self._stored[i.name].data_offset):
             stored = self._stored[info.name]
-            if stored.tensor_type in _PLAIN:
-                array = np.array(stored.data)  # a copy, out of the read-only memory map
-            else:
+            array = self._stored_array(stored)
+            if stored.tensor_type not in _PLAIN:
                 try:
-                    array = gguf.quants.dequantize(stored.data, stored.tensor_type)
+                    array = gguf.quants.dequantize(array, stored.tensor_type)
                 except NotImplementedError as err:  # _can_dequantize said yes; kept for safety
                     raise UnsupportedFormatError(
                         f"{self.path}: tensor {stored.name} is stored as {stored.tensor_type.name}, which cannot be "
@@ -248,6 +275,9 @@ class GGUFSource(TensorSource):
     def close(self) -> None:
         self._stored.clear()
         self._reader = None
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
 
 
 _DEQUANTIZABLE: dict[object, bool] = {}

@@ -3,6 +3,10 @@
 Each shard is opened with `torch.load(weights_only=True, mmap=True)`: the restricted unpickler
 rebuilds tensors, dicts and plain values only, so no code stored in the file can run, and
 memory-mapping reads a tensor's bytes only when it is used. One shard is open at a time.
+
+A mapped file that shrinks while it is read would kill the process with SIGBUS: before each tensor
+is copied out of the map, the file's size is checked against its size when it was opened, and the
+copy is made right away (the tensor handed on is never backed by the map).
 """
 
 from __future__ import annotations
@@ -101,21 +105,28 @@ class TorchBinSource(TensorSource):
         return list(self.shard_names)
 
     def read(self, shard: str, infos: list[TensorInfo]):
-        """As stored, except FP8 weights with a `*_scale_inv` (in their shard or another one): dequantized, float32."""
-        state = self._load(shard)
-        loaded = {shard: state}  # other shards opened for their scales, once per call
-        block = None
-        for info in infos:
-            tensor = state[info.name]
-            scale = None
-            if info.dtype in FP8_DTYPES:
-                scale = state.get(info.name + FP8_SCALE_SUFFIX)
-                if scale is None:
-                    scale = self._tensor_elsewhere(info.name + FP8_SCALE_SUFFIX, loaded)
-            if scale is not None:
-                block = block or fp8_block_size(read_config(self.root))
-                tensor = dequantize_fp8(tensor, scale, block, name=info.name, path=os.path.join(self.root, shard))
-            yield info, tensor
+        """As stored, except FP8 weights with a `*_scale_inv` (in their shard or another one): dequantized, float32.
+        Each tensor is a copy, out of the memory map."""
+        path = os.path.join(self.root, shard)
+        with open(path, "rb") as handle:  # the file mapped next: its size now, and later
+            opened = os.fstat(handle.fileno()).st_size
+            state = self._load(shard)
+            loaded = {shard: state}  # other shards opened for their scales, once per call
+            block = None
+            for info in infos:
+                _still_whole(handle, opened, path, info.name)
+                tensor = state[info.name]
+                scale = None
+                if info.dtype in FP8_DTYPES:
+                    scale = state.get(info.name + FP8_SCALE_SUFFIX)
+                    if scale is None:
+                        scale = self._tensor_elsewhere(info.name + FP8_SCALE_SUFFIX, loaded)
+                if scale is not None:
+                    block = block or fp8_block_size(read_config(self.root))
+                    tensor = dequantize_fp8(tensor, scale, block, name=info.name, path=path)
+                else:
+                    tensor = tensor.clone()
+                yield info, tensor
 
     def _tensor_elsewhere(self, name: str, loaded: dict):
         """A tensor of another shard, by name (memory-mapped: only its bytes are read); None when no
@@ -127,11 +138,20 @@ class TorchBinSource(TensorSource):
             return None
         if shard not in loaded:
             loaded[shard] = self._load(shard)
-        return loaded[shard][name]
+        return loaded[shard][name].clone()  # out of the map at once (a scale: small)
 
     def describe(self) -> SourceDescription:
         shards = [local_shard(os.path.join(self.root, name), name) for name in self.shard_names]
         return SourceDescription(kind="local", location=os.path.abspath(self.root), shards=shards)
+
+
+def _still_whole(handle, opened: int, path: str, name: str) -> None:
+    """Raise CorruptCheckpointError when the open file is now shorter than `opened` bytes (reading
+    its memory map past the new end would be a SIGBUS)."""
+    size = os.fstat(handle.fileno()).st_size
+    if size < opened:
+        raise CorruptCheckpointError(path, f"file shrank from {opened} to {size} bytes while it was scanned, "
+                                     f"before tensor {name} was read (truncated)")
 
 
 def _unpickler_reason(err: Exception) -> str:
