@@ -55,7 +55,7 @@ def read_regular(path: str, *, limit: int = MAX_TEXT_BYTES, follow_links: bool =
         fd = os.open(path, flags)
     except OSError as err:
         if err.errno == errno.ELOOP and not follow_links and os.path.islink(path):
-            raise SpecialFileError(path, f"is a symbolic link, where spectrum follows none; {fix}") from err
+            raise SpecialFileError(path, f"is a symbolic link, which spectrum never follows here; {fix}") from err
         raise
     try:
         status = os.fstat(fd)

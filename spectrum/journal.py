@@ -129,6 +129,7 @@ class PartialScan:
         self.saved = 0  # score lines in the file
         self.resumed = 0  # of which read back from an interrupted scan
         self._fd: int | None = None
+        self._opened = False  # begin opened the file: it is this scan's to delete
         self._synced = 0.0
 
     def begin(self, description: SourceDescription, method: str) -> Mapping[str, ModuleScore]:
@@ -160,6 +161,7 @@ class PartialScan:
                 raise CacheError(self.path, "the partial scan is a symbolic link, which spectrum never writes "
                                  "through; delete the link") from err
             raise CacheError(self.path, f"cannot write the partial scan ({err.strerror}); choose another --cache-dir") from err
+        self._opened = True
         self.saved = self.resumed = len(known)
         if known:
             LOG.warning("resuming an interrupted scan: %d matrices already scored in %s", len(known), self.path)
@@ -227,8 +229,11 @@ class PartialScan:
         self._fd = None
 
     def discard(self) -> None:
-        """Close and delete the journal (its scores are in the scores file now, or there were none)."""
+        """Close and delete the journal (its scores are in the scores file now, or there were none); one
+        `begin` did not open (a scan that failed first, a link it refused) is left as it is."""
         self.close()
+        if not self._opened:
+            return
         try:
             os.unlink(self.path)
         except FileNotFoundError:
