@@ -9,17 +9,29 @@ own per-checkpoint-tensor scores are then in `snr_results_<slug>.tensors.json`, 
 sidecar says which (`plugin_names: "trainer"`; absent: the checkpoint's) and records the SHA-256 of each text, so a
 set of files that a cut-short write left mixed is never trusted. Provenance lives in the sidecar. Every
 write goes to a temporary file first and is renamed into place.
+
+Files in the cache folder are the tool's own: a symbolic link there is replaced by the rename (the
+file it pointed to is never written), and reads follow links but take regular files only
+(`spectrum.files`). A user's output (`--output`, the report's `--png`/`--html`) is written where
+the user pointed: a device or a FIFO is written through, and a link's target is replaced
+(`write_output_text`).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import math
 import os
+import stat
+import sys
 import tempfile
+import time
 
-from .errors import CacheError
+from .errors import CacheError, SpectrumError
+from .files import kind_of, read_regular_text
 from .naming import slug
 from .scores import ModuleScore, Scores
 
@@ -54,25 +66,126 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
 
 
 def _atomic_write(path: str, content: str | bytes, mode: str) -> None:
-    """Write to a temporary file beside `path`, fsync it, and rename it into place."""
+    """Write to a temporary file beside `path`, fsync it, and rename it into place. The temporary file
+    is created with O_EXCL (never through a link) and flocked until renamed, which tells
+    `remove_stale_temporaries` that its writer is alive."""
     directory = os.path.dirname(path) or "."
     try:
         os.makedirs(directory, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+        handle, temporary = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=directory)
     except OSError as err:
         raise CacheError(path, f"cannot write here ({err.strerror}); choose another location") from err
     try:
         with os.fdopen(handle, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as out:
+            fcntl.flock(out.fileno(), fcntl.LOCK_EX)  # dropped when closed, after the rename
             out.write(content)
             out.flush()
             os.fsync(out.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
+            os.chmod(temporary, 0o644)
+            os.replace(temporary, path)
     except OSError as err:
         raise CacheError(path, f"cannot write ({err.strerror}); the previous file, if any, is unchanged") from err
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+TEMPORARY_NAME_EXTRA = len("..XXXXXXXX.tmp")  # mkstemp's name beside a file: "." + name + "." + 8 characters + ".tmp"
+
+
+def name_max(folder: str) -> int:
+    """The longest file name, in bytes, the file system of `folder` (or of its nearest existing parent) takes."""
+    folder = os.path.abspath(folder or ".")
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def overlong_name(path: str, *, temporary: bool = True) -> tuple[int, int] | None:
+    """`(bytes, limit)` when the file name of `path` (with `temporary`, the name of the temporary file
+    written beside it, which is longer) is too long for its folder; None when it fits."""
+    length = len(os.fsencode(os.path.basename(path))) + (TEMPORARY_NAME_EXTRA if temporary else 0)
+    limit = name_max(os.path.dirname(path))
+    return (length, limit) if length > limit else None
+
+
+def _temporary_prefix(path: str) -> str:
+    """`.<name>.`: the start of a temporary file's name beside `path`, cut short where the whole name
+    would not fit (a user's output whose own name is near the limit; cache names are checked to fit)."""
+    prefix = f".{os.path.basename(path)}."
+    encoded = os.fsencode(prefix)
+    if len(encoded) + TEMPORARY_NAME_EXTRA - 2 <= 200:
+        return prefix
+    room = name_max(os.path.dirname(path)) - (TEMPORARY_NAME_EXTRA - 2)
+    return os.fsdecode(encoded[:room]) if len(encoded) > room else prefix
+
+
+_MAX_LINKS = 40  # as the kernel's own limit on links followed in one path
+
+
+def output_target(path: str) -> tuple[bool, str]:
+    """How a user's output path is written: `(True, path)` to write through it (a character device, a
+    FIFO, or a process's open file such as `/dev/stdout`); `(False, file)` to replace `file` by a
+    temporary file and a rename, where `file` is `path` itself (a regular file, or nothing yet) or,
+    for a symbolic link, the file it ends at (the link stays a link).
+
+    Raises:
+        CacheError: `path` is a block device or a socket, or its links do not end.
+    """
+    current = path
+    for _ in range(_MAX_LINKS):
+        try:
+            status = os.lstat(current)
+        except (FileNotFoundError, NotADirectoryError):
+            return False, current  # a new file (or what a dangling link names); its folder is checked when written
+        except OSError as err:
+            raise CacheError(path, f"cannot write there ({err.strerror}); choose another path") from err
+        if stat.S_ISLNK(status.st_mode):
+            parent = os.path.realpath(os.path.dirname(os.path.abspath(current)))
+            if parent == "/proc" or parent.startswith("/proc/"):  # /dev/stdout, /dev/fd/N: an open file's link
+                return True, current
+            current = os.path.join(parent, os.readlink(current))
+            continue
+        if stat.S_ISCHR(status.st_mode) or stat.S_ISFIFO(status.st_mode):
+            return True, current
+        if stat.S_ISREG(status.st_mode) or stat.S_ISDIR(status.st_mode):
+            return False, current
+        raise CacheError(path, f"is {kind_of(status.st_mode)}; give the path of a file")
+    raise CacheError(path, f"cannot write there ({os.strerror(errno.ELOOP)}); choose another path")
+
+
+def write_output_text(path: str, text: str) -> None:
+    """Write a user's output file (the YAML): see `output_target` for devices, FIFOs and links."""
+    write_output_bytes(path, text.encode("utf-8"))
+
+
+def write_output_bytes(path: str, data: bytes) -> None:
+    """Write a user's output file (the report's PNG and HTML): see `output_target`."""
+    through, target = output_target(path)
+    if not through:
+        _atomic_write(target, data, "wb")
+        return
+    try:
+        sys.stdout.flush()  # what this process printed before comes first, when the target is its stdout
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)  # a FIFO waits here for its reader
+    except OSError as err:
+        raise CacheError(path, f"cannot write ({err.strerror})") from err
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):  # a process's stdout that is a file: after what it holds
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as err:
+        raise CacheError(path, f"cannot write ({err.strerror})") from err
+    finally:
+        os.close(fd)
 
 
 def scores_to_json(entries: dict[str, ModuleScore]) -> str:
@@ -91,33 +204,87 @@ def _text_digest(text: str) -> str:
 
 
 def write_scores(path: str, scores: Scores, *, plugin: dict[str, ModuleScore] | None = None) -> None:
-    """Write the scores file and, when provenance is known, its sidecar, which records the scores
-    text's SHA-256: the two are replaced one after the other, and a sidecar left from before (the
-    second write failed) is then known not to describe the new scores.
+    """Write the sidecar (when provenance is known), then the scores. The sidecar records the SHA-256
+    of the scores text it describes and goes first, so that a run cut short between the renames
+    leaves either no scores file (a first scan: the next run scans) or the previous scores beside a
+    sidecar that names other scores (`SIDECAR_MISMATCH`: the next run scans again); never new
+    scores without their sidecar, which would be trusted as a file made elsewhere.
 
     `plugin`: the scores under the trainer's names (`Scores.plugin_view`). When they differ from the
-    checkpoint's, they become the scores file Axolotl reads, `scores` go to `tensors_path(path)`, and the
-    sidecar (always written then) records both digests; it is written last, and one from before
-    describes neither new text, so an interrupted write is scanned again, never trusted.
+    checkpoint's, they become the scores file Axolotl reads and `scores` go to `tensors_path(path)`;
+    the sidecar (always written then) records both digests and goes first too: one that describes a
+    tensors file not yet in place is scanned again, never trusted.
     """
     text = scores_to_json(scores.entries)
     plugin_text = None if plugin is None else scores_to_json(plugin)
     meta = {key: value for key, value in scores.meta.items() if key not in _WRITTEN_KEYS}
+    sidecar = meta_path(path)
     if plugin_text is not None and plugin_text != text:
-        atomic_write_text(tensors_path(path), text)
-        atomic_write_text(path, plugin_text)
         meta.update({"scores_sha256": _text_digest(text), PLUGIN_NAMES: "trainer",
                      "plugin_sha256": _text_digest(plugin_text)})
-        atomic_write_text(meta_path(path), json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(sidecar, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(tensors_path(path), text)
+        atomic_write_text(path, plugin_text)
         return
-    atomic_write_text(path, text)
     if meta:
         meta["scores_sha256"] = _text_digest(text)
-        atomic_write_text(meta_path(path), json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(sidecar, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    else:
+        try:  # a sidecar left from earlier scores would vouch for none of these
+            os.unlink(sidecar)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            raise CacheError(sidecar, f"cannot replace the sidecar ({err.strerror}); delete it") from err
+    atomic_write_text(path, text)
     try:  # checkpoint scores left beside a scores file that holds them now: no longer read
         os.unlink(tensors_path(path))
     except OSError:
         pass
+
+
+STALE_TEMPORARY_SECONDS = 5.0  # older than the gap between a temporary file's creation and its flock
+
+
+def remove_stale_temporaries(scores_file: str, suffixes: tuple[str, ...] = ()) -> list[str]:
+    """Delete the temporary files a killed writer left beside `scores_file` (`.snr_results_<slug>.json.*.tmp`,
+    and the same for its sidecar and each name in `suffixes`); the names removed.
+
+    Call it holding the entry's lock. Only regular files of these names are touched, and only those
+    no live process has flocked (a writer holds its temporary file's flock until the rename) and
+    that are older than `STALE_TEMPORARY_SECONDS`.
+    """
+    folder = os.path.dirname(scores_file) or "."
+    base = os.path.basename(scores_file)[: -len(".json")] if scores_file.endswith(".json") else os.path.basename(scores_file)
+    prefixes = tuple(f".{base}{suffix}." for suffix in (".json", ".meta.json", *suffixes))
+    try:
+        names = [name for name in os.listdir(folder) if name.startswith(prefixes) and name.endswith(".tmp")]
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue  # gone meanwhile, or a link: not ours
+        try:
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode) or time.time() - status.st_mtime < STALE_TEMPORARY_SECONDS:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # its writer is alive
+            current = os.lstat(path)
+            if (current.st_dev, current.st_ino) == (status.st_dev, status.st_ino):
+                os.unlink(path)
+                removed.append(name)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return removed
 
 
 def parse_scores(text: str, path: str = "<scores>") -> dict[str, ModuleScore]:
@@ -193,8 +360,8 @@ def read_scores(path: str, model: str) -> Scores:
 
 def _read_text(path: str) -> str:
     try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
+        text = read_regular_text(path, fix="delete it or rerun with --rescan")
+        return text.replace("\r\n", "\n").replace("\r", "\n")  # as open()'s universal newlines read it
     except UnicodeDecodeError as err:
         raise CacheError(path, "scores file is not UTF-8 text; delete it or rerun with --rescan") from err
     except OSError as err:
@@ -204,17 +371,19 @@ def _read_text(path: str) -> str:
 def plugin_text_differs(path: str, plugin: dict[str, ModuleScore]) -> bool:
     """Whether the scores file at `path` is not (or cannot be read as) exactly these plugin scores."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read() != scores_to_json(plugin)
-    except (OSError, UnicodeDecodeError):
+        return _read_text(path) != scores_to_json(plugin)
+    except SpectrumError:  # unreadable, or not a regular file: write ours in its place
         return True
 
 
 def read_meta(path: str) -> dict:
-    """The sidecar's provenance, or {} when it is missing or unreadable (it is advisory)."""
+    """The sidecar's provenance, or {} when it is missing or unreadable (it is advisory).
+
+    Raises:
+        SpecialFileError: the sidecar is a FIFO, a device or far too large (reading it would hang).
+    """
     try:
-        with open(path, encoding="utf-8") as handle:
-            meta = json.load(handle)
+        meta = json.loads(read_regular_text(path, fix="delete it or rerun with --rescan"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return {}
     return meta if isinstance(meta, dict) else {}

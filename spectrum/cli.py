@@ -14,7 +14,7 @@ import traceback
 from fractions import Fraction
 
 from . import __version__
-from .cache import DEFAULT_CACHE_DIR, atomic_write_text, scores_path
+from .cache import DEFAULT_CACHE_DIR, output_target, overlong_name, scores_path, write_output_text
 from .distributed import World, leave
 from .errors import SpectrumError, UsageError
 from .naming import compile_type_patterns, printable, type_matches
@@ -32,8 +32,8 @@ from .inventory import default_type_filter, take_inventory
 from .select import format_percent, parse_top_percent
 from .thresholds import DEFAULT_THRESHOLD, THRESHOLDS
 from .sources import open_source
-from .sources.base import check_revision
-from .store import left_out, load_or_scan, refresh_plugin_file
+from .sources.base import check_revision, looks_like_hub_id, shown
+from .store import check_entry_names, left_out, load_or_scan, refresh_plugin_file
 from .summary import summarize, summary_record
 from .trainer import ModelBuild, checked_yaml, start_model_build
 
@@ -164,13 +164,8 @@ def run(args: argparse.Namespace) -> int:
     if args.list_types:
         return list_types(models[0], args.revision)
     if args.output not in (None, "-"):
-        if os.path.isdir(args.output) or args.output.endswith((os.sep, "/")):
-            raise UsageError(f"--output {args.output} is a folder; give a file path (e.g. {os.path.join(args.output, 'unfrozen.yaml')})")
-        target = os.path.dirname(os.path.abspath(args.output))
-        if not os.path.isdir(target):
-            raise UsageError(f"--output {args.output}: {target} is not an existing folder; create it or choose another path")
-        if not os.access(target, os.W_OK | os.X_OK):
-            raise UsageError(f"--output {args.output}: {target} is not writable; choose another path")
+        _check_output(args.output)
+    _check_names(args, models, top_percent)
     interactive = args.interactive and sys.stdin is not None and sys.stdin.isatty()
     if args.interactive and not interactive:
         LOG.warning("--interactive needs a terminal on stdin; going on with the flags")
@@ -282,8 +277,8 @@ def run_model(
         _write_stdout_utf8(yaml_text if first else "---\n" + yaml_text)
         yaml_file = "<stdout>"
     else:
-        yaml_file = args.output or f"{os.path.basename(cache_file)[: -len('.json')]}_unfrozenparameters_{percent_text}percent.yaml"
-        atomic_write_text(yaml_file, yaml_text)
+        yaml_file = args.output or default_yaml_name(cache_file, percent_text)
+        write_output_text(yaml_file, yaml_text)
     if dropped:
         scores = scores.without(dropped)
     summaries = summarize(scores, top_percent, types=selected_types, group_experts=args.group_experts, as_yaml=True,
@@ -299,6 +294,56 @@ def run_model(
         print_summary(args.name or model, summaries, top_percent=percent_text, scanned=outcome.scanned,
                       seconds=seconds, scores_file=cache_file, yaml_file=yaml_file)
     return record
+
+
+def default_yaml_name(cache_file: str, percent_text: str) -> str:
+    """`snr_results_<slug>_unfrozenparameters_<K>percent.yaml`, the YAML's name without --output."""
+    return f"{os.path.basename(cache_file)[: -len('.json')]}_unfrozenparameters_{percent_text}percent.yaml"
+
+
+def _check_output(output: str) -> None:
+    """--output PATH can be written: a device, a FIFO or `/dev/stdout` is written through (its folder need not
+    be writable); a file (or, for a link, the file it points to) is replaced, in a folder that must exist."""
+    if os.path.isdir(output) or output.endswith((os.sep, "/")):
+        raise UsageError(f"--output {output} is a folder; give a file path (e.g. {os.path.join(output, 'unfrozen.yaml')})")
+    try:
+        through, target = output_target(output)
+    except SpectrumError as err:
+        raise UsageError(f"--output {err}") from err
+    if through:
+        if not os.access(target, os.W_OK):
+            raise UsageError(f"--output {output}: it is not writable; choose another path")
+        return
+    folder = os.path.dirname(os.path.abspath(target))
+    shown_target = output if target == output else f"{output} (a link to {target})"
+    if not os.path.isdir(folder):
+        raise UsageError(f"--output {shown_target}: {folder} is not an existing folder; create it or choose another path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"--output {shown_target}: {folder} is not writable; choose another path")
+    too_long = overlong_name(target, temporary=False)
+    if too_long:
+        raise UsageError(f"--output {shown(output)}: its file name is {too_long[0]} bytes, more than the {too_long[1]} "
+                         "a file name may have there; choose a shorter one")
+
+
+def _check_names(args: argparse.Namespace, models: list[str], top_percent: Fraction) -> None:
+    """Before any work: each model's cache file names, and the default YAML name, fit their folders.
+    A model that is neither a path nor a Hub id is left to fail on its own, as no such model."""
+    for model in models:
+        if not (os.path.exists(os.path.expanduser(model)) or looks_like_hub_id(model)):
+            continue
+        cache_file = scores_path(args.cache_dir, args.name or model)
+        check_entry_names(cache_file, named=args.name is not None)
+        if args.output is not None:
+            continue
+        percent_text = format_percent(top_percent)
+        yaml_name = default_yaml_name(cache_file, percent_text)
+        too_long = overlong_name(yaml_name, temporary=False)
+        if too_long:
+            fix = ("a --top-percent with fewer digits" if len(percent_text) > 20 else
+                   "a shorter --name" if args.name else "a short name for the files with --name SHORT")
+            raise UsageError(f"the YAML's file name {shown(yaml_name)} would be {too_long[0]} bytes, more than the "
+                             f"{too_long[1]} a file name may have here; give --output a shorter path, or {fix}")
 
 
 def _models(args: argparse.Namespace) -> list[str]:
@@ -451,6 +496,12 @@ def run_report(args: argparse.Namespace) -> int:
     is_file = args.model.endswith(".json") and os.path.isfile(args.model)
     scores_file = args.model if is_file else scores_path(args.cache_dir, args.model)
     png_default, html_default = default_report_paths(scores_file, top_percent)
+    outputs = [("--png", args.png or png_default)] + ([] if args.no_html else [("--html", args.html or html_default)])
+    for flag, path in outputs:  # before drawing: a --top-percent of 400 digits makes a name no folder takes
+        too_long = overlong_name(path, temporary=False)
+        if too_long:
+            raise UsageError(f"{flag} {shown(path)}: the file name would be {too_long[0]} bytes, more than the "
+                             f"{too_long[1]} a file name may have there; give {flag} a shorter path")
     files = write_report(
         scores, top_percent, png_path=args.png or png_default,
         html_path=None if args.no_html else (args.html or html_default), types=types,

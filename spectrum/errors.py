@@ -73,3 +73,13 @@ class UnsupportedFormatError(SpectrumError):
         super().__init__(message)
         self.path = path
         self.format = format
+
+
+class SpecialFileError(SpectrumError):
+    """Raised when a file spectrum reads is a FIFO, a device or a socket instead of a regular file, is a
+    symbolic link where none may be, or is far larger than a file of its kind (see `spectrum.files`)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason

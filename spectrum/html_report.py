@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from . import __version__
-from .cache import atomic_write_bytes
+from .cache import write_output_bytes
 from .plot import heatmap_grid, heatmap_png
 from .scores import Scores
 from .select import format_percent, parse_top_percent
@@ -94,7 +94,8 @@ def write_report(
     html_path: str | None,
     types: set[str] | None = None,
 ) -> ReportFiles:
-    """Draw the heatmap and write it (and the HTML page unless `html_path` is None), each file atomically.
+    """Draw the heatmap and write it (and the HTML page unless `html_path` is None), each file atomically
+    (a device or a FIFO is written through, a link's target replaced: `spectrum.cache.write_output_bytes`).
 
     Args:
         scores: from `spectrum.scan` or `spectrum.load_scores`.
@@ -105,9 +106,9 @@ def write_report(
     summaries = summarize(scores, top_percent, types=types)
     subtitle = f"score by layer and module type; dot: in the top {format_percent(top_percent)}% of its type"
     png = heatmap_png(heatmap_grid(summaries), title=_display_name(scores), subtitle=subtitle)
-    atomic_write_bytes(png_path, png)
+    write_output_bytes(png_path, png)
     if html_path is not None:
-        atomic_write_bytes(html_path, render_html(scores, summaries, top_percent, png).encode("utf-8"))
+        write_output_bytes(html_path, render_html(scores, summaries, top_percent, png).encode("utf-8"))
     return ReportFiles(png_path, html_path or "")
 
 

@@ -15,7 +15,9 @@ sizes; for a Hub id its commit and shard names) and how; a scan resumes only a f
 fingerprint is its own, so its final scores file is byte for byte the one an uninterrupted scan
 writes. The header is written whole (temporary file, then rename); each score line is appended
 with one `write` and flushed, and the file is fsynced every few seconds and when the scan stops.
-A line cut short by a crash is dropped when the file is read back.
+A line cut short by a crash is dropped when the file is read back. The file is opened with
+`O_NOFOLLOW` and must be a regular file: a link (or a FIFO) at its path is an error naming it,
+and nothing is read or written through it.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ import json
 import logging
 import math
 import os
+import stat
 import time
 from typing import Mapping
 
 from . import __version__
 from .cache import atomic_write_text
 from .errors import CacheError
+from .files import kind_of, read_regular
 from .scores import ModuleScore
 from .sources.base import SourceDescription
 
@@ -125,6 +129,7 @@ class PartialScan:
         self.saved = 0  # score lines in the file
         self.resumed = 0  # of which read back from an interrupted scan
         self._fd: int | None = None
+        self._opened = False  # begin opened the file: it is this scan's to delete
         self._synced = 0.0
 
     def begin(self, description: SourceDescription, method: str) -> Mapping[str, ModuleScore]:
@@ -140,14 +145,23 @@ class PartialScan:
                                  "another --cache-dir") from err
             known = {}
         try:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-            size = os.fstat(self._fd).st_size
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            status = os.fstat(self._fd)
+            if not stat.S_ISREG(status.st_mode):  # put there since it was read or written: not ours
+                os.close(self._fd)
+                self._fd = None
+                raise CacheError(self.path, f"the partial scan is {kind_of(status.st_mode)}, not a regular file; delete it")
+            size = status.st_size
             if valid_bytes is not None and size > valid_bytes:
                 os.ftruncate(self._fd, valid_bytes)  # drop a line cut short, so the next one starts clean
             elif valid_bytes is not None and size < valid_bytes:
                 os.write(self._fd, b"\n")  # the header's own newline was cut off: the next line starts after it
         except OSError as err:
+            if os.path.islink(self.path):
+                raise CacheError(self.path, "the partial scan is a symbolic link, which spectrum never writes "
+                                 "through; delete the link") from err
             raise CacheError(self.path, f"cannot write the partial scan ({err.strerror}); choose another --cache-dir") from err
+        self._opened = True
         self.saved = self.resumed = len(known)
         if known:
             LOG.warning("resuming an interrupted scan: %d matrices already scored in %s", len(known), self.path)
@@ -157,8 +171,7 @@ class PartialScan:
     def _read(self, wanted: dict) -> tuple[dict[str, ModuleScore] | None, int | None]:
         """(scores, bytes of whole lines) of an existing journal for these weights; (None, None) for none."""
         try:
-            with open(self.path, "rb") as handle:
-                data = handle.read()
+            data = read_regular(self.path, follow_links=False, fix="delete it")
         except FileNotFoundError:
             return None, None
         except OSError as err:
@@ -216,8 +229,11 @@ class PartialScan:
         self._fd = None
 
     def discard(self) -> None:
-        """Close and delete the journal (its scores are in the scores file now, or there were none)."""
+        """Close and delete the journal (its scores are in the scores file now, or there were none); one
+        `begin` did not open (a scan that failed first, a link it refused) is left as it is."""
         self.close()
+        if not self._opened:
+            return
         try:
             os.unlink(self.path)
         except FileNotFoundError:

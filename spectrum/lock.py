@@ -5,6 +5,11 @@ flock when its process dies, however it dies (`kill -9` included), so a lock lef
 process never blocks anyone: the next process simply gets it. The holder removes the file before
 letting go; a process that was waiting on the removed file notices (its inode is no longer the
 one at the path) and tries again on the current file, so two processes never both hold the lock.
+
+The lock file is opened with `O_NOFOLLOW` and must be a regular file: a symbolic link (or a FIFO, a
+device) put at its path is an error naming it, and nothing is written through it. The holder's
+pid is written only into a lock file this process created, or one that holds nothing but a pid
+(left by a killed holder): a file that was put there is never truncated.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
+import stat
 from typing import Callable
 
 from .errors import CacheError
@@ -59,11 +66,9 @@ class EntryLock:
                 except OSError as err:
                     raise CacheError(folder, f"cannot create the cache folder ({err.strerror}); choose another --cache-dir") from err
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                fd, created = self._open()
             except FileNotFoundError:
                 continue  # the folder was removed under us by a process that just finished: make it again
-            except OSError as err:
-                raise CacheError(self.path, f"cannot create the lock file ({err.strerror}); choose another --cache-dir") from err
             try:
                 self._lock(fd)
                 current = os.stat(self.path)
@@ -80,11 +85,36 @@ class EntryLock:
             self._fd = fd
             break
         try:  # who holds it, for the message of a process that has to wait
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            if created or _holds_a_pid_only(fd):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         except OSError:
             pass  # the pid is a courtesy; the flock is the lock
         return self
+
+    def _open(self) -> tuple[int, bool]:
+        """(a descriptor of the lock file, whether this call created it); never through a link."""
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+        created = True
+        try:
+            try:
+                fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                created = False
+                fd = os.open(self.path, flags)
+        except FileNotFoundError:
+            raise
+        except OSError as err:
+            if err.errno == errno.ELOOP or os.path.islink(self.path):
+                raise CacheError(self.path, "the lock file is a symbolic link, which spectrum never writes through; "
+                                 "delete the link") from err
+            raise CacheError(self.path, f"cannot create the lock file ({err.strerror}); choose another --cache-dir") from err
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise CacheError(self.path, f"the lock file is {_kind(mode)}, not a regular file; delete it")
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        return fd, created
 
     def _lock(self, fd: int) -> None:
         try:
@@ -125,6 +155,20 @@ class EntryLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _holds_a_pid_only(fd: int) -> bool:
+    """Whether an existing lock file is one a holder left: one link, and nothing in it but a pid."""
+    status = os.fstat(fd)
+    if status.st_nlink != 1 or status.st_size > 32:
+        return False
+    return re.fullmatch(rb"\d*\n?", os.pread(fd, 33, 0)) is not None
+
+
+def _kind(mode: int) -> str:
+    from .files import kind_of
+
+    return kind_of(mode)
 
 
 def _holder(fd: int) -> int | None:

@@ -25,13 +25,22 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from .cache import SIDECAR_MISMATCH, plugin_text_differs, read_scores, scores_path, write_scores
+from .cache import (
+    SIDECAR_MISMATCH,
+    overlong_name,
+    plugin_text_differs,
+    read_scores,
+    remove_stale_temporaries,
+    scores_path,
+    write_scores,
+)
 from .distributed import World
-from .errors import NoMatrixError, SpectrumError, WeightsChangedError
-from .journal import PartialScan, ScanInterrupted, partial_path
+from .errors import NoMatrixError, SpecialFileError, SpectrumError, UsageError, WeightsChangedError
+from .files import read_regular_text
+from .journal import PARTIAL_SUFFIX, PartialScan, ScanInterrupted, partial_path
 from .lock import EntryLock, lock_path
 from .scores import Scores
-from .sources.base import ShardInfo, sample_digest
+from .sources.base import ShardInfo, require_model, sample_digest, shown
 from .naming import natural_key
 from .thresholds import DEFAULT_THRESHOLD
 
@@ -139,6 +148,8 @@ def load_or_scan(
         plan = consult()
         if plan.reuse is not None:  # no lock needed to read: files are only ever replaced whole
             return Outcome(plan.reuse, cache_file, scanned=False)
+    require_model(model)  # before a lock file is made for it
+    check_entry_names(cache_file, named=name is not None)
     if world.size > 1:  # the ranks scan together; rank 0 writes (no journal, no lock)
         return settle(_Plan(wanted=type_filter) if rescan else plan, None)
 
@@ -152,6 +163,8 @@ def load_or_scan(
             plan = _Plan(wanted=type_filter)
         if plan.reuse is not None:
             return Outcome(plan.reuse, cache_file, scanned=False)
+        for leftover in remove_stale_temporaries(cache_file, (PARTIAL_SUFFIX,)):
+            LOG.info("removed %s, left by a writer that was killed", leftover)
         journal = PartialScan(partial_path(cache_file), context={"threshold": threshold})
         try:
             outcome = settle(plan, journal)
@@ -193,6 +206,21 @@ def refresh_plugin_file(cache_file: str, scores: Scores, view) -> bool:
                     "%s (%s); use the YAML instead of the plugin", cache_file, view.architecture, err)
         return False
     return True
+
+
+def check_entry_names(cache_file: str, *, named: bool) -> None:
+    """Raise UsageError when the longest file name of a cache entry (the temporary file of its partial
+    scan, `.snr_results_<slug>.partial.jsonl.XXXXXXXX.tmp`) does not fit its folder's file system."""
+    too_long = overlong_name(partial_path(cache_file))
+    if too_long is None:
+        return
+    length, limit = too_long
+    scores_name = os.path.basename(cache_file)
+    fix = "give a shorter --name" if named else "name the cache files with --name SHORT (e.g. the Hub id it was made from)"
+    raise UsageError(
+        f"the cache files {shown(scores_name)} and its siblings would have names of up to {length} bytes, more than "
+        f"the {limit} a file name may have in {shown(os.path.dirname(cache_file) or '.')}; {fix}"
+    )
 
 
 def _keep_or_discard(journal: PartialScan) -> None:
@@ -329,9 +357,8 @@ def _cached_commit(repo_id: str, revision: str | None) -> str | None:
 
     ref = os.path.join(constants.HF_HUB_CACHE, f"models--{repo_id.replace('/', '--')}", "refs", revision or "main")
     try:
-        with open(ref, encoding="utf-8") as handle:
-            commit = handle.read().strip()
-    except (OSError, UnicodeDecodeError, ValueError):
+        commit = read_regular_text(ref, limit=4096).strip()
+    except (OSError, UnicodeDecodeError, ValueError, SpecialFileError):
         return None
     return commit if _COMMIT.match(commit) else None
 

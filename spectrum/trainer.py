@@ -26,6 +26,9 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Callable
 
+from .errors import SpecialFileError
+from .files import read_regular, read_regular_text
+
 LOG = logging.getLogger("spectrum")
 
 VIEW_CACHE_ENV = "SPECTRUM_CACHE"
@@ -213,9 +216,8 @@ def _config_key(config_path: str) -> str | None:
 
             digest = sample_digest(config_path)
         else:
-            with open(config_path, "rb") as handle:
-                digest = config_digest(handle.read())
-    except (metadata.PackageNotFoundError, OSError):
+            digest = config_digest(read_regular(config_path))
+    except (metadata.PackageNotFoundError, OSError, SpecialFileError):
         return None
     return hashlib.sha256(json.dumps([_VIEW_FORMAT, transformers_version, digest]).encode("utf-8")).hexdigest()
 
@@ -240,11 +242,10 @@ def cached_view(config_path: str, tensor_names: list[str], *, build: ModelBuild 
         names_key = hashlib.sha256(json.dumps(sorted(tensor_names)).encode("utf-8")).hexdigest()
         path = os.path.join(_views_of(config_key), f"{names_key}.json")
         try:
-            with open(path, encoding="utf-8") as handle:
-                valid, view = _view_from_json(json.load(handle))
+            valid, view = _view_from_json(json.loads(read_regular_text(path)))
             if valid:
                 return view
-        except (OSError, UnicodeDecodeError, ValueError):
+        except (OSError, UnicodeDecodeError, ValueError, SpecialFileError):
             pass
     if build is not None and build.config_path == config_path:  # built (or found unbuildable) meanwhile
         built = build.result()
@@ -379,8 +380,7 @@ def _build_model_quietly(config_path: str) -> tuple | None:
             config = AutoConfig.from_pretrained(os.path.dirname(config_path), gguf_file=os.path.basename(config_path))
             raw = {"architectures": getattr(config, "architectures", None) or []}
         else:
-            with open(config_path, encoding="utf-8") as handle:
-                raw = json.load(handle)
+            raw = json.loads(read_regular_text(config_path))  # a FIFO here would block transformers' own read
             config = AutoConfig.from_pretrained(os.path.dirname(config_path), trust_remote_code=False)
     except Exception as err:  # noqa: BLE001 - unknown model type, custom code, broken config
         LOG.info("transformers cannot build this model from its config (%s); names are not checked", err)

@@ -8,6 +8,7 @@ left: previous good files are unchanged and no temporary file remains.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import resource
@@ -209,9 +210,13 @@ class TestDiskFull:
             f"spectrum: error: {self.SCORES}: cannot write (File too large); the previous file, if any, is unchanged"
         ]
         partial = "model_snr_results/snr_results_small.partial.jsonl"
+        sidecar = "model_snr_results/snr_results_small.meta.json"
         after = self.files(tmp_path)
         assert after.pop(partial).count(b"\n") == 1 + 24, "every score is saved for the next run"
-        assert after == good_run, "the previous scores, sidecar and YAML are intact; no temporary file"
+        digest = json.loads(after.pop(sidecar))["scores_sha256"]  # the sidecar goes first, naming the new scores
+        assert digest == hashlib.sha256(good_run[self.SCORES]).hexdigest()  # the same weights: the same scores
+        assert after == {path: data for path, data in good_run.items() if path != sidecar}, \
+            "the previous scores and YAML are intact; no temporary file"
 
         code, errors = run_main(tmp_path, monkeypatch, capsys, *self.ARGS, "--rescan")  # space again: it resumes
         assert code == 0 and errors == [f"warning: resuming an interrupted scan: 24 matrices already scored in {partial}"]

@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 
 from ..errors import SourceError
+from ..files import require_regular
 from .base import TensorSource
 from .quantized import read_config, refuse_packed_config
 from .safetensors import INDEX_FILE, LocalSafetensorsSource
 from .torch_bin import BIN_SUFFIXES, TorchBinSource, bin_shards_in
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".index.json", *BIN_SUFFIXES)
 
 
 def gguf_files_in(folder: str) -> list[str]:
@@ -21,8 +25,10 @@ def open_local(path: str) -> TensorSource:
 
     A folder is read as safetensors when it has any (they win over `.bin` copies of the same
     weights), else as `pytorch_model*.bin`, else as the one `.gguf` file it holds. A folder
-    whose `config.json` declares a packed quantization (GPTQ, AWQ, bitsandbytes) is refused.
+    whose `config.json` declares a packed quantization (GPTQ, AWQ, bitsandbytes) is refused. A weights
+    file or index that is a FIFO, a device or a socket is refused by name (reading one would block).
     """
+    require_regular(path, "pass a model folder or the weights file itself")
     if os.path.isfile(path):
         if path.endswith(".gguf"):
             from .gguf import GGUFSource  # the gguf package is imported only for GGUF files
@@ -36,6 +42,9 @@ def open_local(path: str) -> TensorSource:
 
     refuse_packed_config(read_config(path), path, folder=path)
     names = os.listdir(path)
+    for name in names:
+        if name.endswith(_WEIGHT_SUFFIXES):
+            require_regular(os.path.join(path, name), "replace it with the file itself")
     if INDEX_FILE in names or any(name.endswith(".safetensors") for name in names):
         return LocalSafetensorsSource.from_path(path)
     if bin_shards_in(path):

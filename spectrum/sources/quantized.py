@@ -18,7 +18,8 @@ import math
 import os
 from typing import TYPE_CHECKING
 
-from ..errors import UnsupportedFormatError
+from ..errors import SpecialFileError, UnsupportedFormatError
+from ..files import read_regular_text
 
 if TYPE_CHECKING:
     import torch
@@ -61,8 +62,7 @@ def read_config(folder: str) -> dict | None:
     """`config.json` in `folder` as a dict, or None when absent or unreadable (the weights decide then)."""
     path = os.path.join(folder, "config.json")
     try:
-        with open(path, encoding="utf-8") as handle:
-            config = json.load(handle)
+        config = json.loads(read_regular_text(path))  # a FIFO or a link to /dev/zero: an error naming it
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     return config if isinstance(config, dict) else None
@@ -78,9 +78,8 @@ def _base_model_hint(folder: str | None) -> str:
     if folder is None:
         return ""
     try:
-        with open(os.path.join(folder, "README.md"), encoding="utf-8") as handle:
-            lines = handle.read(64 * 1024).splitlines()
-    except (OSError, UnicodeDecodeError):
+        lines = read_regular_text(os.path.join(folder, "README.md"))[: 64 * 1024].splitlines()
+    except (OSError, UnicodeDecodeError, SpecialFileError):  # a hint only: a model card that is a FIFO or too large gives none
         return ""
     if not lines or lines[0].strip() != "---":
         return ""

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import CorruptCheckpointError, SourceError
+from ..files import read_regular_text
 from .base import SourceDescription, TensorInfo, TensorSource, local_shard
 from .quantized import FP8_SCALE_SUFFIX, dequantize_fp8, fp8_block_size, read_config, refuse_packed_tensors
 
@@ -371,8 +372,7 @@ def require_shards(folder: str, shard_names: list[str], index_path: str) -> None
 def index_weight_map(index_path: str) -> dict[str, str]:
     """The `weight_map` (tensor -> shard file) of a `model.safetensors.index.json`, checked."""
     try:
-        with open(index_path, encoding="utf-8") as handle:
-            index = json.load(handle)
+        index = json.loads(read_regular_text(index_path))  # a FIFO or a link to /dev/zero: an error naming it
         weight_map = index["weight_map"]
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise TypeError("weight_map is not an object of file names")
