@@ -65,6 +65,23 @@ def scores_from_singular_values(singular_values, rows: int, cols: int, *, thresh
             scores = scores_from_singular_values(np.where(finite[:, None], S, 0.0), rows, cols, threshold=threshold)
         return np.where(finite, scores, np.nan)
     largest = S[:, 0]  # (N,)
+    huge = largest > np.finfo(np.float64).max / (S.shape[1] + 3)  # (N,) sums or threshold could leave float64
+    if huge.any():
+        scores = np.empty(len(S))
+        scores[~huge] = scores_from_singular_values(S[~huge], rows, cols, threshold=threshold)
+        scores[huge] = _scores_in_units_of_largest(S[huge], rows, cols, threshold)
+        return scores
+    signal, noise = _signal_and_noise(S, rows, cols, threshold)
+    # The reference uses 1.0 when no value is noise; a zero noise sum (exactly rank-deficient
+    # matrix) would make the score infinite, so it gets the same rule.
+    noise = np.where(noise > 0, noise, 1.0)
+    safe_largest = np.where(largest > 0, largest, 1.0)
+    with np.errstate(over="ignore"):  # a score beyond float64 (tiny subnormal weights) is inf: the scan says so
+        return np.where(largest > 0, signal / noise / safe_largest, 0.0)
+
+
+def _signal_and_noise(S: np.ndarray, rows: int, cols: int, threshold: str) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) sums of the singular values above the threshold (signal) and of the rest (noise)."""
     if threshold == "gavish-donoho":
         median = np.quantile(S, 0.5, axis=1)  # (N,) interpolated (linear), as the reference's numpy median
         cut = gd_threshold(median, rows, cols)[:, None]  # (N, 1)
@@ -73,14 +90,17 @@ def scores_from_singular_values(singular_values, rows: int, cols: int, *, thresh
         sigma = (q75 - q25) / IQR_TO_SIGMA  # (N,)
         cut = mp_threshold(sigma, rows, cols)[:, None]  # (N, 1)
     is_signal = S > cut  # (N, k)
-    signal = np.where(is_signal, S, 0.0).sum(axis=1)
-    noise = np.where(is_signal, 0.0, S).sum(axis=1)
-    # The reference uses 1.0 when no value is noise; a zero noise sum (exactly rank-deficient
-    # matrix) would make the score infinite, so it gets the same rule.
-    noise = np.where(noise > 0, noise, 1.0)
-    safe_largest = np.where(largest > 0, largest, 1.0)
-    with np.errstate(over="ignore"):  # a score beyond float64 (tiny subnormal weights) is inf: the scan says so
-        return np.where(largest > 0, signal / noise / safe_largest, 0.0)
+    return np.where(is_signal, S, 0.0).sum(axis=1), np.where(is_signal, 0.0, S).sum(axis=1)
+
+
+def _scores_in_units_of_largest(S: np.ndarray, rows: int, cols: int, threshold: str) -> np.ndarray:
+    """Scores of rows whose largest singular value is within a factor k + 3 of float64's largest (float64
+    weights near 1e306), where the sums or the threshold would overflow: the same formula on S / S[0],
+    whose threshold and sums are those of S in units of S[0]. signal / noise / S[0] is then
+    (signal / S[0]) / (noise / S[0]) / S[0], and with no noise (the reference's 1.0) signal / S[0]."""
+    largest = S[:, 0]  # (M,)
+    signal, noise = _signal_and_noise(S / largest[:, None], rows, cols, threshold)  # in units of S[0]
+    return np.where(noise > 0, signal / np.where(noise > 0, noise, 1.0) / largest, signal)
 
 
 def score_from_singular_values(singular_values, rows: int, cols: int, *, threshold: str = DEFAULT_THRESHOLD) -> float:

@@ -166,6 +166,28 @@ def test_subnormal_weights_say_that_the_score_overflows_and_numpy_says_nothing(t
     assert len(lines) == 4
 
 
+def test_float64_weights_near_1e306_are_scored_and_numpy_says_nothing(tmp_path):
+    """Singular values near float64's largest, whose sums overflow: no RuntimeWarning with a source line
+    (even under --quiet), no warning of ours that blames tiny values, and each matrix has its score, the
+    same matrix's score unscaled times 2^-1018 (the score scales as 1 / S[0]; 2^1018 is exact)."""
+    import numpy as np
+
+    from reference import reference_score
+
+    generator = torch.Generator().manual_seed(4)
+    plain = {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(32, 16, generator=generator, dtype=torch.float64)
+             for i in range(3)}
+    model = save_layers(tmp_path / "huge", {name: matrix * 2.0**1018 for name, matrix in plain.items()})
+    for flags in ((), ("--method", "svd")):
+        result = spectrum("--model", str(model), "--no-check", "--quiet", "--cache-dir", "c", "--output", "out.yaml",
+                          "--name", "huge", "--rescan", *flags, cwd=tmp_path)
+        assert (result.returncode, result.stderr) == (0, b"")
+        scores = json.loads((tmp_path / "c" / "snr_results_huge.json").read_text())
+        for name, matrix in plain.items():
+            expected = reference_score(matrix.numpy()) * 2.0**-1018
+            assert np.isfinite(expected) and scores[name.removesuffix(".weight")]["snr"] == pytest.approx(expected, rel=1e-9)
+
+
 # --- Streams ----------------------------------------------------------------------------------------
 
 

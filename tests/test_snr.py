@@ -74,3 +74,25 @@ def test_non_finite_singular_values_give_nan_not_a_score():
     batch = np.stack([good, [np.inf, 1.0, 0.5, 0.25], [np.nan, 1.0, 0.5, 0.25]])
     scores = scores_from_singular_values(batch, 8, 4)
     assert scores[0] == scores_from_singular_values(good[None], 8, 4)[0] and np.isnan(scores[1:]).all()
+
+
+@pytest.mark.parametrize("threshold", ["marchenko-pastur", "gavish-donoho"])
+def test_singular_values_near_float64s_largest_are_scored_without_a_warning(threshold):
+    """Singular values near 1e308 (float64 weights near 1e306) whose sums leave float64: scored all the
+    same, as the same spectrum scaled down is (the score scales as 1 / S[0]), and NumPy warns of nothing."""
+    import warnings
+
+    rng = np.random.default_rng(3)
+    batch = np.stack(list(spectra(16, rng).values()))  # (5, 16) descending
+    batch = batch / batch[:, :1] * 8.0  # each S[0] = 8: times 2^1020 is 8.99e307, whose 16 values sum past 1.8e308
+    scale = 2.0**1020
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a NumPy RuntimeWarning fails the test
+        scaled = scores_from_singular_values(batch * scale, 16, 40, threshold=threshold)
+    # Scaling by a power of two is exact in every step: a score halves when the values double, or stays
+    # as it is where no value is noise (the reference's noise of 1.0 makes it scale-free) or it is 0.
+    plain = scores_from_singular_values(batch, 16, 40, threshold=threshold)
+    doubled = scores_from_singular_values(batch * 2.0, 16, 40, threshold=threshold)
+    scale_free = doubled == plain
+    assert (doubled[~scale_free] == plain[~scale_free] / 2).all() and (~scale_free).sum() >= 2
+    assert scaled == pytest.approx(np.where(scale_free, plain, plain / scale), rel=1e-14, abs=0)
