@@ -25,6 +25,7 @@ from .thresholds import THRESHOLDS  # noqa: E402
 
 _LAZY = {
     "scan": "scanner",
+    "lora_targets": "lora",
     "score_from_singular_values": "snr",
     "scores_from_singular_values": "snr",
 }
@@ -44,6 +45,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from .lora import lora_targets
     from .scanner import scan
     from .snr import score_from_singular_values, scores_from_singular_values
 
@@ -53,6 +55,7 @@ __all__ = [
     "load_scores",
     "freeze",
     "Unfrozen",
+    "lora_targets",
     "write_report",
     "summarize",
     "TypeSummary",

@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "a parameter, writing the names transformers uses (default: when config.json is usable)")
     parser.add_argument("--no-embeddings", action="store_true",
                         help="leave the input-embedding and output-head lines out of the YAML")
+    parser.add_argument("--lora", action="store_true",
+                        help="write LoRA/QLoRA targets instead: Axolotl's lora_target_modules (and "
+                        "lora_target_parameters for fused MoE experts), in snr_results_<slug>_lora_<K>percent.yaml")
+    parser.add_argument("--format", choices=("yaml", "regex"), default="yaml",
+                        help="yaml (default), or regex: the selection as one anchored regular expression "
+                        "(parameter names; with --lora, module names for PEFT's string target_modules)")
     # Where results go
     parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, metavar="DIR",
                         help="folder of the scores files (default: ./model_snr_results, where Axolotl looks)")
@@ -255,12 +261,23 @@ def run_model(
         on_dropped=dropped.extend,
     )
     percent_text = format_percent(top_percent)
+    kind = "unfrozenparameters"
+    if args.lora or args.format == "regex":
+        from .lora import selection_text
+
+        kind = "lora" if args.lora else kind
+        yaml_text = selection_text(
+            scores.without(dropped) if dropped else scores, top_percent, yaml_text, model=model, name=args.name or model,
+            revision=args.revision, types=selected_types, group_experts=args.group_experts, check=args.check,
+            lora=args.lora, regex=args.format == "regex",
+        )
+    suffix = ".regex" if args.format == "regex" else ".yaml"
     if args.output == "-":
-        sys.stdout.write(yaml_text if first else "---\n" + yaml_text)
+        sys.stdout.write(yaml_text if first or args.format == "regex" else "---\n" + yaml_text)
         sys.stdout.flush()
         yaml_file = "<stdout>"
     else:
-        yaml_file = args.output or f"{os.path.basename(cache_file)[: -len('.json')]}_unfrozenparameters_{percent_text}percent.yaml"
+        yaml_file = args.output or f"{os.path.basename(cache_file)[: -len('.json')]}_{kind}_{percent_text}percent{suffix}"
         atomic_write_text(yaml_file, yaml_text)
     if dropped:
         scores = scores.without(dropped)
