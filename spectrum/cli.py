@@ -451,6 +451,50 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+VERIFY_EXAMPLES = """examples:
+  spectrum verify config.yml                  (an Axolotl config, from the folder you train in)
+  spectrum verify --model ./my-model snr_results_org-name_unfrozenparameters_25percent.yaml
+exit codes: 0 the config trains what it says, 1 it does not (one line per problem), 2 usage error
+"""
+
+
+def build_verify_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="spectrum verify",
+        description="Check an Axolotl config before training: build its base_model on the meta device (no weights) "
+        "and report each unfrozen_parameters entry, Spectrum plugin input and LoRA target that would make it train "
+        "something other than it says; then what will train.",
+        epilog=VERIFY_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("config", metavar="CONFIG", help="an Axolotl config, or a YAML spectrum wrote (with --model)")
+    parser.add_argument("--model", metavar="MODEL",
+                        help="the model to check against (a folder with config.json, or a cached Hub id) instead of "
+                        "the config's base_model")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (also SPECTRUM_DEBUG=1)")
+    return parser
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    """`spectrum verify CONFIG`: one line per problem on stdout, then what will train; 1 when there is a problem."""
+    from .verify import read_config, verify
+
+    config = read_config(args.config)
+    if args.model:
+        config = dict(config, base_model=args.model)
+        config.pop("base_model_config", None)
+    verdict = verify(config, source=args.config)
+    lines = [f"problem: {problem}" for problem in verdict.problems] + [f"trains: {verdict.trains}"]
+    if verdict.problems:
+        count = len(verdict.problems)
+        lines.append(f"{args.config}: {count} problem{'s' if count > 1 else ''}: it does not train what it says")
+    else:
+        lines.append(f"{args.config}: ok")
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    sys.stdout.flush()
+    return 1 if verdict.problems else 0
+
+
 def list_types(model: str, revision: str | None) -> int:
     source = open_source(model, revision=revision)
     try:
@@ -471,6 +515,9 @@ def main(argv: list[str] | None = None) -> int:
         if words[:1] == ["report"]:
             at = argv.index("report")
             return run_report(build_report_parser().parse_args(argv[:at] + argv[at + 1:]))
+        if words[:1] == ["verify"]:
+            at = argv.index("verify")
+            return run_verify(build_verify_parser().parse_args(argv[:at] + argv[at + 1:]))
         args = build_parser().parse_args(argv)
         return run(args)
     except SpectrumError as err:
