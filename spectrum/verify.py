@@ -138,13 +138,13 @@ def check_unfrozen(entries: list, parameters: list[str], modules: set[str], *, s
                 problems.append(f"{source} entry {entry!r} also unfreezes {_shown(others)}, whose names it is a prefix of "
                                 f"(Axolotl's re.match); end it with \\. or $ to unfreeze {own} alone")
     if invalid:
-        problems.append(f"{source}: {_count(len(invalid), 'entry')} not valid regular expressions ({_shown(invalid)}); "
+        problems.append(f"{source}: not a valid regular expression: {_count(len(invalid), 'entry')} ({_shown(invalid)}); "
                         "Axolotl stops on them")
     if unmatched:
         hint = ("the scores file is keyed by names the model does not have: paste spectrum's YAML into "
                 "unfrozen_parameters instead" if "plugin" in source else "compare them with the model's parameter names")
-        problems.append(f"{source}: {_count(len(unmatched), 'entry')} match no parameter of the model "
-                        f"({_shown(unmatched)}), so they train nothing; {hint}")
+        problems.append(f"{source}: no parameter of the model matches {_count(len(unmatched), 'entry')} "
+                        f"({_shown(unmatched)}), which train nothing; {hint}")
     return problems, unfrozen
 
 
@@ -243,7 +243,7 @@ def check_lora(config: dict, layout, model) -> tuple[list[str], list[str], list[
                 unmatched.append(str(target))
             adapted.extend(hits)
         if unmatched:
-            problems.append(f"lora_target_modules: {_count(len(unmatched), 'entry')} match no module ({_shown(unmatched)}); "
+            problems.append(f"lora_target_modules: no module matches {_count(len(unmatched), 'entry')} ({_shown(unmatched)}); "
                             "PEFT matches a module by its full name or a dotted suffix of it")
         unwrappable = sorted({name for name in adapted if name not in layout.layers})
         if unwrappable:
@@ -266,7 +266,7 @@ def check_lora(config: dict, layout, model) -> tuple[list[str], list[str], list[
             unmatched.append(str(target))
         adapted_parameters.extend(hits)
     if unmatched:
-        problems.append(f"lora_target_parameters: {_count(len(unmatched), 'entry')} match no parameter ({_shown(unmatched)})")
+        problems.append(f"lora_target_parameters: no parameter matches {_count(len(unmatched), 'entry')} ({_shown(unmatched)})")
     if not targets and not parameters and not config.get("lora_target_linear"):
         problems.append("adapter is set but lora_target_modules and lora_target_parameters are empty: PEFT then "
                         "picks its own default modules for this architecture")
