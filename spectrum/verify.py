@@ -102,7 +102,7 @@ def _shown(items: list[str], limit: int = 5) -> str:
     return ", ".join(quoted) + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def _owner(parameter: str, layers: set[str]) -> str:
+def _owner(parameter: str) -> str:
     """The module a parameter belongs to (`mlp.experts.gate_up_proj` belongs to `mlp.experts`)."""
     module = parameter.rpartition(".")[0]
     return module if module else parameter
@@ -132,11 +132,10 @@ def check_unfrozen(entries: list, parameters: list[str], modules: set[str], *, s
         unfrozen.update(hits)
         plain = regex.removeprefix("^").removesuffix("$").replace("\\.", ".")
         if plain in modules or plain in parameters:  # the entry names one module (or parameter)
-            own = plain if plain in modules else _owner(plain, modules)
-            others = sorted({_owner(name, modules) for name in hits} - {own})
+            others = sorted({_owner(name) for name in hits if name != plain and not name.startswith(plain + ".")})
             if others:
                 problems.append(f"{source} entry {entry!r} also unfreezes {_shown(others)}, whose names it is a prefix of "
-                                f"(Axolotl's re.match); end it with \\. or $ to unfreeze {own} alone")
+                                f"(Axolotl's re.match); end it with \\. or $ to unfreeze {plain} alone")
     if invalid:
         problems.append(f"{source}: not a valid regular expression: {_count(len(invalid), 'entry')} ({_shown(invalid)}); "
                         "Axolotl stops on them")
@@ -290,7 +289,7 @@ def verify(config: dict, *, source: str, directory: str = ".") -> Verdict:
     model = built[0]
     layout = layout_of(model)
     parameters = list(layout.parameters)
-    owners = set(layout.modules)
+    module_names = {name for name, _ in model.named_modules() if name}
     verdict = Verdict(type(model).__name__)
     plugins = config.get("plugins") or []
     uses_plugin = isinstance(plugins, list) and PLUGIN in plugins
@@ -306,7 +305,7 @@ def verify(config: dict, *, source: str, directory: str = ".") -> Verdict:
     frozen = bool(entries)
     unfrozen: set[str] = set(parameters)
     if entries:
-        problems, unfrozen = check_unfrozen(list(entries), parameters, owners, source=where)
+        problems, unfrozen = check_unfrozen(list(entries), parameters, module_names, source=where)
         verdict.problems += problems
         if not unfrozen:
             verdict.problems.append(f"{where} unfreeze no parameter at all: Axolotl trains nothing "
