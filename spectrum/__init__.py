@@ -39,6 +39,7 @@ _LAZY = {
     "summarize": "summary",
     "THRESHOLDS": "thresholds",
     "scan": "scanner",
+    "lora_targets": "lora",
     "score_from_singular_values": "snr",
     "scores_from_singular_values": "snr",
 }
@@ -74,6 +75,7 @@ if TYPE_CHECKING:
     from .errors import CacheError, CorruptCheckpointError, SourceError, SpectrumError, UsageError
     from .freeze import Unfrozen, freeze
     from .html_report import write_report
+    from .lora import lora_targets
     from .results import load_scores
     from .scanner import scan
     from .scores import ModuleScore, Scores
@@ -88,6 +90,7 @@ __all__ = [
     "load_scores",
     "freeze",
     "Unfrozen",
+    "lora_targets",
     "write_report",
     "summarize",
     "TypeSummary",

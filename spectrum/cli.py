@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "a parameter, writing the names transformers uses (default: when config.json is usable)")
     parser.add_argument("--no-embeddings", action="store_true",
                         help="leave the input-embedding and output-head lines out of the YAML")
+    parser.add_argument("--lora", action="store_true",
+                        help="write LoRA/QLoRA targets instead: Axolotl's lora_target_modules (and "
+                        "lora_target_parameters for fused MoE experts), in snr_results_<slug>_lora_<K>percent.yaml")
+    parser.add_argument("--format", choices=("yaml", "regex"), default="yaml",
+                        help="yaml (default), or regex: the selection as one anchored regular expression "
+                        "(parameter names; with --lora, module names for PEFT's string target_modules)")
     # Where results go
     parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, metavar="DIR",
                         help="folder of the scores files (default: ./model_snr_results, where Axolotl looks)")
@@ -273,11 +279,23 @@ def run_model(
         if views and views[0] is not None:
             refresh_plugin_file(cache_file, scores, views[0])
     percent_text = format_percent(top_percent)
+    kind = "unfrozenparameters"
+    if args.lora or args.format == "regex":
+        from .lora import selection_text
+
+        kind = "lora" if args.lora else kind
+        yaml_text = selection_text(
+            scores.without(dropped) if dropped else scores, top_percent, yaml_text, model=model, name=args.name or model,
+            revision=args.revision, types=selected_types, group_experts=args.group_experts, check=args.check,
+            lora=args.lora, regex=args.format == "regex",
+        )
+    suffix = ".regex" if args.format == "regex" else ".yaml"
     if args.output == "-":
-        _write_stdout_utf8(yaml_text if first else "---\n" + yaml_text)
+        _write_stdout_utf8(yaml_text if first or args.format == "regex" else "---
+" + yaml_text)
         yaml_file = "<stdout>"
     else:
-        yaml_file = args.output or default_yaml_name(cache_file, percent_text)
+        yaml_file = args.output or default_yaml_name(cache_file, percent_text, kind=kind, suffix=suffix)
         write_output_text(yaml_file, yaml_text)
     if dropped:
         scores = scores.without(dropped)
@@ -296,9 +314,10 @@ def run_model(
     return record
 
 
-def default_yaml_name(cache_file: str, percent_text: str) -> str:
-    """`snr_results_<slug>_unfrozenparameters_<K>percent.yaml`, the YAML's name without --output."""
-    return f"{os.path.basename(cache_file)[: -len('.json')]}_unfrozenparameters_{percent_text}percent.yaml"
+def default_yaml_name(cache_file: str, percent_text: str, *, kind: str = "unfrozenparameters", suffix: str = ".yaml") -> str:
+    """`snr_results_<slug>_<kind>_<K>percent<suffix>`, the selection's file name without --output
+    (`unfrozenparameters` or `lora`; `.regex` for `--format regex`)."""
+    return f"{os.path.basename(cache_file)[: -len('.json')]}_{kind}_{percent_text}percent{suffix}"
 
 
 def _check_output(output: str) -> None:
@@ -513,6 +532,50 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+VERIFY_EXAMPLES = """examples:
+  spectrum verify config.yml                  (an Axolotl config, from the folder you train in)
+  spectrum verify --model ./my-model snr_results_org-name_unfrozenparameters_25percent.yaml
+exit codes: 0 the config trains what it says, 1 it does not (one line per problem), 2 usage error
+"""
+
+
+def build_verify_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="spectrum verify",
+        description="Check an Axolotl config before training: build its base_model on the meta device (no weights) "
+        "and report each unfrozen_parameters entry, Spectrum plugin input and LoRA target that would make it train "
+        "something other than it says; then what will train.",
+        epilog=VERIFY_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("config", metavar="CONFIG", help="an Axolotl config, or a YAML spectrum wrote (with --model)")
+    parser.add_argument("--model", metavar="MODEL",
+                        help="the model to check against (a folder with config.json, or a cached Hub id) instead of "
+                        "the config's base_model")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (also SPECTRUM_DEBUG=1)")
+    return parser
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    """`spectrum verify CONFIG`: one line per problem on stdout, then what will train; 1 when there is a problem."""
+    from .verify import read_config, verify
+
+    config = read_config(args.config)
+    if args.model:
+        config = dict(config, base_model=args.model)
+        config.pop("base_model_config", None)
+    verdict = verify(config, source=args.config)
+    lines = [f"problem: {problem}" for problem in verdict.problems] + [f"trains: {verdict.trains}"]
+    if verdict.problems:
+        count = len(verdict.problems)
+        lines.append(f"{args.config}: {count} problem{'s' if count > 1 else ''}: it does not train what it says")
+    else:
+        lines.append(f"{args.config}: ok")
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    sys.stdout.flush()
+    return 1 if verdict.problems else 0
+
+
 def list_types(model: str, revision: str | None) -> int:
     source = open_source(model, revision=revision)
     try:
@@ -534,6 +597,9 @@ def main(argv: list[str] | None = None) -> int:
         if words[:1] == ["report"]:
             at = argv.index("report")
             return run_report(build_report_parser().parse_args(argv[:at] + argv[at + 1:]))
+        if words[:1] == ["verify"]:
+            at = argv.index("verify")
+            return run_verify(build_verify_parser().parse_args(argv[:at] + argv[at + 1:]))
         args = build_parser().parse_args(argv)
         return run(args)
     except SpectrumError as err:
