@@ -291,8 +291,7 @@ def run_model(
         )
     suffix = ".regex" if args.format == "regex" else ".yaml"
     if args.output == "-":
-        _write_stdout_utf8(yaml_text if first or args.format == "regex" else "---
-" + yaml_text)
+        _write_stdout_utf8(yaml_text if first or args.format == "regex" else "---\n" + yaml_text)
         yaml_file = "<stdout>"
     else:
         yaml_file = args.output or default_yaml_name(cache_file, percent_text, kind=kind, suffix=suffix)
