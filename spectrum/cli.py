@@ -383,7 +383,7 @@ def build_report_parser() -> argparse.ArgumentParser:
         prog="spectrum report",
         description="Draw a model's cached scores: a heatmap PNG (layers down, module types across, colour = score, "
         "selected cells marked) and a self-contained HTML page with per-type tables. Reads no weights; needs "
-        "matplotlib (pip install 'spectrum[plot]').",
+        "matplotlib (pip install 'spectrum-snr[plot]', or pip install -e '.[plot]' in a checkout).",
         epilog=REPORT_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -175,7 +175,8 @@ def test_missing_matplotlib_is_one_line(cache, capsys, monkeypatch):
     before = sorted(p.name for p in cache.iterdir())
     assert main(["report", "org/report-model"]) == 1
     assert capsys.readouterr().err == (
-        "spectrum: error: spectrum report needs matplotlib, an optional extra: pip install 'spectrum[plot]'\n"
+        "spectrum: error: spectrum report needs matplotlib, an optional extra: pip install 'spectrum-snr[plot]' "
+        "(in a checkout: pip install -e '.[plot]')\n"
     )
     assert sorted(p.name for p in cache.iterdir()) == before
 
