@@ -57,20 +57,36 @@ REPORT_EXAMPLES = """examples:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, no usage block
-        raise UsageError(f"{message} (see spectrum --help)")
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+class _MainParser(_Parser):
+    def parse_args(self, args=None, namespace=None):  # noqa: ANN001 - argparse's signature
+        """As argparse's, but one stray word without --model is taken for a model: suggest --model WORD."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if len(extras) == 1 and not extras[0].startswith("-") and not parsed.model:
+            self.error(f"unrecognized arguments: {extras[0]}; did you mean --model {extras[0]}?")
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+
+# Usage lines (argparse %-formats usage, not the raw description): the scan and the subcommand.
+USAGE = "%(prog)s --model MODEL [options]\n       %(prog)s report MODEL [options]"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = _MainParser(
         prog="spectrum",
+        usage=USAGE,
         description="Score every weight matrix of a checkpoint by signal-to-noise ratio and write the "
-        "top K%% per module type as an Axolotl `unfrozen_parameters:` list.",
+        "top K% per module type as an Axolotl `unfrozen_parameters:` list.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     # What to scan
     parser.add_argument("--model", "--model-name", dest="model", action="append", metavar="MODEL",
-                        help="local folder, .safetensors file, or Hub id org/name (--model-name is an alias); "
+                        help="local folder, .safetensors, .gguf or .bin file, or Hub id org/name (--model-name is an alias); "
                         "repeat for several models")
     parser.add_argument("--models-from", metavar="FILE",
                         help="read more models from FILE, one a line ('#' comments and blank lines skipped; - is stdin)")
