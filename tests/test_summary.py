@@ -67,3 +67,17 @@ def test_summarize_types_and_record():
     assert record["matrices"] == 6 and record["selected"] == 6 and record["seconds"] == 0.123
     assert record["types"][0]["selected_layers"] == [0, 1, 2, 3, 4, 5]
     assert record["types"][0]["selected_ranges"] == "0-5" and "ranked" not in record["types"][0]
+
+
+@pytest.mark.parametrize(("top_percent", "number"), [
+    (Fraction(25), 25), (Fraction(100), 100), (Fraction(25, 2), 12.5), (Fraction(1, 1000), 0.001),
+    (Fraction(123456789, 10**8), 1.23456789),
+    (Fraction(1, 3), "0.3333333333333333333333333333"),  # no float has these digits: the string
+])
+def test_json_top_percent_is_a_number_with_the_exact_digits(top_percent, number):
+    import json
+
+    record = summary_record("org/model", summarize(scores(), top_percent), top_percent=top_percent,
+                            scanned=False, seconds=0.0, scores_file="s.json", yaml_file="y.yaml")
+    assert record["top_percent"] == number and type(record["top_percent"]) is type(number)
+    assert json.dumps(record["top_percent"]) == (json.dumps(number))
