@@ -110,8 +110,9 @@ def load_or_scan(
 
         scores = scan(model, revision=revision, type_filter=wanted, method=method, device=device, threads=threads,
                       keep_shards=keep_shards, threshold=threshold, on_progress=progress, journal=journal)
-        if name:
+        if name:  # the name stands for the model everywhere (YAML header, sidecar); source.location keeps the path
             scores.meta["name"] = name
+            scores.meta["model"] = scores.model = name
         return scores
 
     def settle(plan: _Plan, journal: PartialScan | None) -> Outcome:
@@ -125,7 +126,11 @@ def load_or_scan(
         return Outcome(scores, cache_file, scanned=True)
 
     def consult() -> _Plan:
-        return _plan(cache_file, model, revision=revision, type_filter=type_filter, threshold=threshold)
+        plan = _plan(cache_file, model, revision=revision, type_filter=type_filter, threshold=threshold)
+        for cached in (plan.reuse, plan.keep):
+            if cached is not None and name:
+                cached.model = name
+        return plan
 
     if not rescan:
         plan = consult()

@@ -37,9 +37,12 @@ def test_scan_then_reuse_without_weights(tiny_llama_dir, tmp_path):
     assert len(scores) == 21 and all(set(v) == {"snr", "type"} for v in scores.values())
     meta = load_json(work / "model_snr_results" / "snr_results_org-tiny-llama.meta.json")
     assert meta["version"] == __version__ and meta["source"]["kind"] == "local" and meta["name"] == "org/tiny_llama"
+    # The name stands for the model in the sidecar and the YAML header; only source.location keeps the path.
+    assert meta["model"] == "org/tiny_llama" and str(model) in meta["source"]["location"]
+    assert str(model) not in json.dumps({key: value for key, value in meta.items() if key != "source"})
     yaml_file = work / "snr_results_org-tiny-llama_unfrozenparameters_67percent.yaml"
     embeddings = ["^lm_head.weight$", "^model.embed_tokens.weight$"]
-    assert yaml_file.read_text() == expected_yaml(scores, 67, str(model), embeddings)
+    assert yaml_file.read_text() == expected_yaml(scores, 67, "org/tiny_llama", embeddings)
     for text in ("mlp.down_proj", "matrices", "selected", str(scores_file.name), yaml_file.name):
         assert text in first.stderr
     # Each type's row: count, selected, min / median / max, selected layers (computed here independently).
@@ -63,7 +66,7 @@ def test_scan_then_reuse_without_weights(tiny_llama_dir, tmp_path):
     shutil.rmtree(model)  # the second run must not need the weights at all
     second = run_cli("--model-name", str(model), "--name", "org/tiny_llama", "--top-percent", "34", "--output", "-", cwd=work)
     assert second.returncode == 0, second.stderr
-    assert second.stdout == expected_yaml(scores, 34, str(model), embeddings)
+    assert second.stdout == expected_yaml(scores, 34, "org/tiny_llama", embeddings)
     assert "cached scores reused" in second.stderr
     assert load_json(scores_file) == scores
 
