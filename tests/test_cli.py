@@ -248,3 +248,22 @@ def test_cached_run_imports_neither_torch_nor_transformers(tiny_llama_dir, tmp_p
     report, run = probe("--top-percent", "34", "--output", "-")
     assert report == {"code": 1, "imported": []}, run.stderr
     assert "YAML entries match no parameter of LlamaForCausalLM" in run.stderr and run.stdout == ""
+
+
+def test_a_scan_of_a_local_path_says_once_how_to_name_it_after_the_hub_id(tiny_llama_dir, tmp_path):
+    first, second = tmp_path / "smol", tmp_path / "other"
+    shutil.copytree(tiny_llama_dir, first)
+    shutil.copytree(tiny_llama_dir, second)
+    work = tmp_path / "work"
+    work.mkdir()
+    hint = ("is named after the local path {}; for a copy of a Hub model, --name ORG/NAME names it after the Hub id, "
+            "which Axolotl's Spectrum plugin looks for (README: Axolotl)")
+    result = run_cli("--model", "../smol", "--model", str(second), "--no-check", cwd=work)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: snr_results_..-smol.json " + hint.format("../smol")]  # once a run
+    for args in (["--model", "../smol"],  # cached: no new file, nothing to say
+                 ["--model", "../smol/", "--rescan", "--quiet"],  # --quiet
+                 ["--model", "../smol", "--name", "org/smol"]):  # named
+        result = run_cli(*args, "--no-check", cwd=work)
+        assert result.returncode == 0 and "warning:" not in result.stderr, result.stderr
