@@ -439,8 +439,9 @@ def run_report(args: argparse.Namespace) -> int:
             raise UsageError(f"{flag} {path}: its folder does not exist; create it or choose another path")
     require_matplotlib()
     scores = load_scores(args.model, cache_dir=args.cache_dir)
-    types = {t for t in scores.types() if type_matches(t, patterns)} if patterns else None
-    if types == set():
+    # The types a scan run selects (without --types, the layered ones, as its summary counts them).
+    types = {t for t in scores.types() if type_matches(t, patterns)} if patterns else default_types_of(scores)
+    if patterns and types == set():
         raise UsageError(f"--types matches none of the scored types ({', '.join(scores.types())})")
     is_file = args.model.endswith(".json") and os.path.isfile(args.model)
     scores_file = args.model if is_file else scores_path(args.cache_dir, args.model)

@@ -322,9 +322,15 @@ def missing_types(scores: Scores, type_filter: TypeFilter | None) -> set[str] | 
 
 
 def merge(cached: Scores, fresh: Scores) -> Scores:
-    """Cached scores plus freshly scanned types, in (type, layer) order; fresh provenance wins."""
+    """Cached scores plus freshly scanned types, in (type, layer) order; fresh provenance wins, except
+    that `seconds` and `bytes_read` add up over the increments: the sidecar tells the whole scan's cost."""
     combined = dict(cached.entries)
     combined.update(fresh.entries)
     ordered = dict(sorted(combined.items(), key=lambda item: (item[1].type, natural_key(item[0]))))
-    return Scores(model=fresh.model, entries=ordered, meta=fresh.meta)
+    meta = dict(fresh.meta)
+    for key, places in (("seconds", 3), ("bytes_read", 0)):
+        before, now = cached.meta.get(key), meta.get(key)
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (before, now)):
+            meta[key] = round(before + now, 3) if places else before + now
+    return Scores(model=fresh.model, entries=ordered, meta=meta)
 
