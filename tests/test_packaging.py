@@ -59,3 +59,17 @@ def test_wheel_and_sdist_are_named_spectrum_snr_and_the_wheel_runs(tmp_path):
     assert run([str(venv / "bin" / "spectrum"), "--version"], tmp_path).stdout == f"spectrum {version}\n"
     shown = run([str(python), "-m", "pip", "show", "spectrum-snr"], tmp_path).stdout
     assert f"Name: spectrum-snr\nVersion: {version}\n" in shown
+
+    # scripts/setup.sh (dry run) installs only what is missing: with this copy installed editable and
+    # everything else there, nothing; from another checkout, the editable install of that one.
+    # The venv's own setuptools (bundled with its pip) predates license expressions: build with the system's.
+    run([str(python), "-m", "pip", "uninstall", "--quiet", "-y", "setuptools"], tmp_path)
+    run([str(python), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "--quiet", "-e",
+         str(source)], tmp_path)
+    env = {**clean_env(), "SPECTRUM_SETUP_DRY_RUN": "1", "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    for checkout, wanted in ((source, []), (REPO_ROOT, ["would run: python3 -m pip install --quiet -e .[test]"])):
+        proc = subprocess.run(["bash", str(checkout / "scripts" / "setup.sh")], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+        lines = [line for line in proc.stdout.splitlines() if "pip uninstall --quiet -y spectrum" not in line]
+        assert lines == wanted, proc.stdout
