@@ -71,5 +71,6 @@ def test_wheel_and_sdist_are_named_spectrum_snr_and_the_wheel_runs(tmp_path):
         proc = subprocess.run(["bash", str(checkout / "scripts" / "setup.sh")], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0 and proc.stderr == "", proc.stderr
-        lines = [line for line in proc.stdout.splitlines() if "pip uninstall --quiet -y spectrum" not in line]
+        lines = [line for line in proc.stdout.splitlines()  # what depends on this machine, not on the checkout
+                 if "pip uninstall --quiet -y spectrum" not in line and "apt-get install" not in line]
         assert lines == wanted, proc.stdout
