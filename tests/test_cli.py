@@ -77,7 +77,7 @@ def test_default_outputs_and_types(minilm_dir, tmp_path):
     assert result.stderr == "" and result.stdout == ""
     scores = load_json(tmp_path / "model_snr_results" / "snr_results_sentence-transformers-all-MiniLM-L6-v2.json")
     yaml_text = (tmp_path / "snr_results_sentence-transformers-all-MiniLM-L6-v2_unfrozenparameters_50percent.yaml").read_text()
-    assert yaml_text == expected_yaml(scores, 50, str(minilm_dir), ["^embeddings.word_embeddings.weight$"])
+    assert yaml_text == expected_yaml(scores, 50, "sentence-transformers/all-MiniLM-L6-v2", ["^embeddings.word_embeddings.weight$"])
     assert {v["type"] for v in scores.values()} == {
         "attention.output.dense", "attention.self.key", "attention.self.query",
         "attention.self.value", "intermediate.dense", "output.dense",
