@@ -250,12 +250,6 @@ def run_model(
     scores, cache_file = outcome.scores, outcome.cache_file
     if not World.from_env().is_main:  # under torchrun, rank 0 writes everything
         return None
-    if outcome.scanned and not args.name and not args.quiet and not getattr(args, "named_hint_given", False) \
-            and os.path.exists(os.path.expanduser(model)):
-        args.named_hint_given = True  # once a run
-        LOG.warning("%s is named after the local path %s; for a copy of a Hub model, --name ORG/NAME names it "
-                    "after the Hub id, which Axolotl's Spectrum plugin looks for (README: Axolotl)",
-                    os.path.basename(cache_file), model)
 
     if patterns and selected_types is None:
         selected_types = {t for t in scores.types() if type_matches(t, patterns)}
@@ -284,6 +278,12 @@ def run_model(
     else:
         yaml_file = args.output or f"{os.path.basename(cache_file)[: -len('.json')]}_unfrozenparameters_{percent_text}percent.yaml"
         atomic_write_text(yaml_file, yaml_text)
+    if outcome.scanned and not args.name and not args.quiet and not getattr(args, "named_hint_given", False) \
+            and os.path.exists(os.path.expanduser(model)):  # after the YAML: a failed run says one line
+        args.named_hint_given = True  # once a run
+        LOG.warning("%s is named after the local path %s; for a copy of a Hub model, --name ORG/NAME names it "
+                    "after the Hub id, which Axolotl's Spectrum plugin looks for (README: Axolotl)",
+                    os.path.basename(cache_file), model)
     if dropped:
         scores = scores.without(dropped)
     summaries = summarize(scores, top_percent, types=selected_types, group_experts=args.group_experts)
