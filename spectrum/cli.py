@@ -57,7 +57,22 @@ REPORT_EXAMPLES = """examples:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, no usage block
-        raise UsageError(f"{message} (see spectrum --help)")
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+class _MainParser(_Parser):
+    def parse_args(self, args=None, namespace=None):  # noqa: ANN001 - argparse's signature
+        """As argparse's, but one stray word without --model is taken for a model: suggest --model WORD."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if len(extras) == 1 and not extras[0].startswith("-") and not parsed.model:
+            self.error(f"unrecognized arguments: {extras[0]}; did you mean --model {extras[0]}?")
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+
+# Usage lines (argparse %-formats usage, not the raw description): the scan and the subcommand.
+USAGE = "%(prog)s --model MODEL [options]\n       %(prog)s report MODEL [options]"
 
     def _print_message(self, message: str, file=None) -> None:  # --help and --version: a full disk is an error
         if not message:
@@ -73,16 +88,17 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = _MainParser(
         prog="spectrum",
+        usage=USAGE,
         description="Score every weight matrix of a checkpoint by signal-to-noise ratio and write the "
-        "top K%% per module type as an Axolotl `unfrozen_parameters:` list.",
+        "top K% per module type as an Axolotl `unfrozen_parameters:` list.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     # What to scan
     parser.add_argument("--model", "--model-name", dest="model", action="append", metavar="MODEL",
-                        help="local folder, .safetensors file, or Hub id org/name (--model-name is an alias); "
+                        help="local folder, .safetensors, .gguf or .bin file, or Hub id org/name (--model-name is an alias); "
                         "repeat for several models")
     parser.add_argument("--models-from", metavar="FILE",
                         help="read more models from FILE, one a line ('#' comments and blank lines skipped; - is stdin)")
@@ -296,6 +312,12 @@ def run_model(
     else:
         yaml_file = args.output or default_yaml_name(cache_file, percent_text, kind=kind, suffix=suffix)
         write_output_text(yaml_file, yaml_text)
+    if outcome.scanned and not args.name and not args.quiet and not getattr(args, "named_hint_given", False) \
+            and os.path.exists(os.path.expanduser(model)):  # after the YAML: a failed run says one line
+        args.named_hint_given = True  # once a run
+        LOG.warning("%s is named after the local path %s; for a copy of a Hub model, --name ORG/NAME names it "
+                    "after the Hub id, which Axolotl's Spectrum plugin looks for (README: Axolotl)",
+                    os.path.basename(cache_file), model)
     if dropped:
         scores = scores.without(dropped)
     summaries = summarize(scores, top_percent, types=selected_types, group_experts=args.group_experts, as_yaml=True,
@@ -474,7 +496,7 @@ def build_report_parser() -> argparse.ArgumentParser:
         prog="spectrum report",
         description="Draw a model's cached scores: a heatmap PNG (layers down, module types across, colour = score, "
         "selected cells marked) and a self-contained HTML page with per-type tables. Reads no weights; needs "
-        "matplotlib (pip install 'spectrum[plot]').",
+        "matplotlib (pip install 'spectrum-snr[plot]', or pip install -e '.[plot]' in a checkout).",
         epilog=REPORT_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -508,8 +530,9 @@ def run_report(args: argparse.Namespace) -> int:
             raise UsageError(f"{flag} {path}: its folder does not exist; create it or choose another path")
     require_matplotlib()
     scores = load_scores(args.model, cache_dir=args.cache_dir)
-    types = {t for t in scores.types() if type_matches(t, patterns)} if patterns else None
-    if types == set():
+    # The types a scan run selects (without --types, the layered ones, as its summary counts them).
+    types = {t for t in scores.types() if type_matches(t, patterns)} if patterns else default_types_of(scores)
+    if patterns and types == set():
         raise UsageError(f"--types matches none of the scored types ({', '.join(scores.types())})")
     is_file = args.model.endswith(".json") and os.path.isfile(args.model)
     scores_file = args.model if is_file else scores_path(args.cache_dir, args.model)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import os
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -65,6 +66,10 @@ def render_html(scores: Scores, summaries: list[TypeSummary], top_percent: Fract
     percent = format_percent(top_percent)
     total = sum(summary.count for summary in summaries)
     kept = sum(summary.selected for summary in summaries)
+    embeddings = scores.embedding_patterns()  # the YAML's lines for them, unless --no-embeddings
+    also = (f" The YAML also unfreezes the output head and the input embeddings "
+            f"({', '.join(f'<code>{_e(line)}</code>' for line in embeddings)}) unless <code>--no-embeddings</code>."
+            if embeddings else "")
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -72,7 +77,7 @@ def render_html(scores: Scores, summaries: list[TypeSummary], top_percent: Fract
         f"<title>Spectrum: {_e(title)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>Spectrum scan of <span class=\"mono\">{_e(title)}</span></h1>",
         (f'<p class="lead">Top {percent}% of each module type by SNR: {kept} of {total} matrices selected, '
-         f"{len(summaries)} types. Report by spectrum {__version__}.</p>"),
+         f"{len(summaries)} types.{also} Report by spectrum {__version__}.</p>"),
         (f'<img class="heatmap" alt="heatmap of scores by layer and module type" src="data:image/png;base64,'
          f'{base64.b64encode(png).decode("ascii")}">'),
         "<h2>Provenance</h2>",
@@ -81,7 +86,7 @@ def render_html(scores: Scores, summaries: list[TypeSummary], top_percent: Fract
         _types_table(summaries),
     ]
     for summary in summaries:
-        parts.append(_type_section(summary, percent))
+        parts.append(_type_section(summary, percent, embeddings))
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
@@ -153,7 +158,7 @@ def _types_table(summaries: list[TypeSummary]) -> str:
     return f"<table>{head}{body}</table>"
 
 
-def _type_section(summary: TypeSummary, percent: str) -> str:
+def _type_section(summary: TypeSummary, percent: str, embeddings: list[str] = ()) -> str:
     cut = (f'<tr class="cut"><td colspan="4">selection cut: top {percent}% keeps {summary.selected} of '
            f"{summary.count}</td></tr>")
     rows = []
@@ -161,10 +166,12 @@ def _type_section(summary: TypeSummary, percent: str) -> str:
         rows.append(cut)
     for rank, (module, score) in enumerate(summary.ranked, start=1):
         chosen = rank <= summary.selected
-        row_class = ' class="selected"' if chosen else ""
+        embedding = not chosen and any(re.search(line, f"{module}.weight") for line in embeddings)
+        row_class = ' class="selected"' if chosen or embedding else ""
+        mark = "selected" if chosen else "in the YAML with the embeddings" if embedding else ""
         rows.append(
             f'<tr{row_class}><td class="num">{rank}</td><td class="mono">{_e(module)}'
-            f'</td><td class="num">{score:.6g}</td><td>{"selected" if chosen else ""}</td></tr>'
+            f'</td><td class="num">{score:.6g}</td><td>{mark}</td></tr>'
         )
         if rank == summary.selected:
             rows.append(cut)

@@ -1,6 +1,6 @@
 """The heatmap of a scan: layers down, module types across, colour = score, selected cells marked.
 
-matplotlib is an optional extra (`pip install 'spectrum[plot]'`); it is imported only here, and only
+matplotlib is an optional extra (`pip install 'spectrum-snr[plot]'`); it is imported only here, and only
 when a picture is asked for. The figure is drawn on its own Agg canvas (no pyplot, no global state).
 """
 
@@ -14,7 +14,8 @@ from .errors import SpectrumError
 from .naming import layer_index
 from .summary import TypeSummary
 
-MISSING_MATPLOTLIB = "spectrum report needs matplotlib, an optional extra: pip install 'spectrum[plot]'"
+MISSING_MATPLOTLIB = ("spectrum report needs matplotlib, an optional extra: pip install 'spectrum-snr[plot]' "
+                      "(in a checkout: pip install -e '.[plot]')")
 
 # Layout in pixels at DPI, so the image size is an exact function of the grid (see `heatmap_size`).
 DPI = 100

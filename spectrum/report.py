@@ -37,18 +37,45 @@ def install_log_handler() -> None:
     logger.setLevel(logging.WARNING)
 
 
-@contextmanager
-def scan_progress(model: str, *, enabled: bool) -> Iterator:
-    """A progress bar for a scan (matrices done of total, GB read, ETA); yields the callback.
+def shorten_middle(text: str, width: int) -> str:
+    """`text` in at most `width` characters, its middle replaced by `…` when it is longer."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return "…"[:max(width, 0)]
+    head, tail = width // 2, (width - 1) // 2
+    return text[:head] + "…" + (text[-tail:] if tail else "")
 
-    Only on a terminal: logs and pipes get the summary alone.
-    """
-    if not enabled or not console.is_terminal:
-        yield None
-        return
+
+# The progress line's columns besides the description and the bar: "100%", the counts (sized by the
+# total), "2.50 GB read", elapsed and remaining time (h:mm:ss; one more digit from ten hours up, rare
+# enough to cost the name a character then), and one space between each two of the 7 columns.
+_TIME_WIDTH, _GAPS, _BAR_MIN, _BAR_MAX = len("0:00:00"), 6, 10, 40
+
+
+def progress_layout(model: str, width: int, total: int | None, gigabytes: float = 0.0) -> tuple[str, int]:
+    """The description and the bar width that fit the progress line in `width` columns: counts, GB and
+    times stay whole; the bar shrinks first, then the model name loses its middle."""
+    counts = len(f"{total or 0}/{total or 0} matrices")
+    read = len(f"{gigabytes:.2f} GB read")
+    room = width - 1 - (4 + counts + read + 2 * (_TIME_WIDTH + 1) + _GAPS)  # 1: the terminal's last column;
+    # +1 a time: h:mm:ss from ten hours up
+    description = f"scanning {model}"
+    bar = max(_BAR_MIN, min(_BAR_MAX, room - len(description)))
+    room -= bar
+    if len(description) > room:
+        prefix = "scanning " if room - len("scanning ") >= 12 else ""
+        description = prefix + shorten_middle(model, max(room - len(prefix), 1))
+    return description, bar
+
+
+def _progress(model: str, console: Console) -> tuple[Progress, object]:
+    """The progress display and its callback (the layout is fitted to the console on each update)."""
+    description, bar_width = progress_layout(printable(model), console.width, None)
+    bar = BarColumn(bar_width=bar_width)
     progress = Progress(
         TextColumn("[bold]{task.description}"),
-        BarColumn(),
+        bar,
         TaskProgressColumn(),
         TextColumn("{task.fields[matrices]} matrices"),
         TextColumn("{task.fields[gigabytes]:.2f} GB read"),
@@ -57,11 +84,26 @@ def scan_progress(model: str, *, enabled: bool) -> Iterator:
         console=console,
         transient=True,
     )
-    task = progress.add_task(escape(f"scanning {printable(model)}"), total=None, gigabytes=0.0, matrices="")
+    task = progress.add_task(escape(description), total=None, gigabytes=0.0, matrices="")
 
     def on_progress(done: int, total: int, nbytes: int) -> None:
-        progress.update(task, completed=done, total=total, gigabytes=nbytes / 1e9, matrices=f"{done}/{total}")
+        text, bar.bar_width = progress_layout(model, console.width, total, nbytes / 1e9)
+        progress.update(task, description=escape(text), completed=done, total=total, gigabytes=nbytes / 1e9,
+                        matrices=f"{done}/{total}")
 
+    return progress, on_progress
+
+
+@contextmanager
+def scan_progress(model: str, *, enabled: bool, console: Console = console) -> Iterator:
+    """A progress bar for a scan (matrices done of total, GB read, ETA); yields the callback.
+
+    Only on a terminal: logs and pipes get the summary alone.
+    """
+    if not enabled or not console.is_terminal:
+        yield None
+        return
+    progress, on_progress = _progress(model, console)
     with progress:
         yield on_progress
 

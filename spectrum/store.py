@@ -121,8 +121,9 @@ def load_or_scan(
 
         scores = scan(model, revision=revision, type_filter=wanted, method=method, device=device, threads=threads,
                       keep_shards=keep_shards, threshold=threshold, on_progress=progress, journal=journal)
-        if name:
+        if name:  # the name stands for the model everywhere (YAML header, sidecar); source.location keeps the path
             scores.meta["name"] = name
+            scores.meta["model"] = scores.model = name
         return scores
 
     def settle(plan: _Plan, journal: PartialScan | None) -> Outcome:
@@ -142,7 +143,11 @@ def load_or_scan(
         return Outcome(scores, cache_file, scanned=True)
 
     def consult() -> _Plan:
-        return _plan(cache_file, model, revision=revision, type_filter=type_filter, threshold=threshold)
+        plan = _plan(cache_file, model, revision=revision, type_filter=type_filter, threshold=threshold)
+        for cached in (plan.reuse, plan.keep):
+            if cached is not None and name:
+                cached.model = name
+        return plan
 
     if not rescan:
         plan = consult()
@@ -383,7 +388,8 @@ def missing_types(scores: Scores, type_filter: TypeFilter | None) -> set[str] | 
 
 
 def merge(cached: Scores, fresh: Scores) -> Scores:
-    """Cached scores plus freshly scanned types, in (type, layer) order; fresh provenance wins."""
+    """Cached scores plus freshly scanned types, in (type, layer) order; fresh provenance wins, except
+    that `seconds` and `bytes_read` add up over the increments: the sidecar tells the whole scan's cost."""
     combined = dict(cached.entries)
     combined.update(fresh.entries)
     ordered = dict(sorted(combined.items(), key=lambda item: (item[1].type, natural_key(item[0]))))
@@ -393,6 +399,10 @@ def merge(cached: Scores, fresh: Scores) -> Scores:
     meta.pop("left_out", None)
     if dropped:
         meta["left_out"] = dict(sorted(dropped.items()))
+    for key, places in (("seconds", 3), ("bytes_read", 0)):
+        before, now = cached.meta.get(key), meta.get(key)
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (before, now)):
+            meta[key] = round(before + now, 3) if places else before + now
     return Scores(model=fresh.model, entries=ordered, meta=meta)
 
 

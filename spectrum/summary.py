@@ -111,6 +111,15 @@ def summarize(
     return summaries
 
 
+def percent_number(top_percent: Fraction) -> int | float | str:
+    """K as a JSON number with format_percent's digits (25, 12.5); a K that no float writes with
+    those digits (1/3 from the Python API) stays the string, so that no digit is ever changed."""
+    text = format_percent(top_percent)
+    if top_percent.denominator == 1:
+        return top_percent.numerator
+    return float(text) if repr(float(text)) == text else text
+
+
 def summary_record(
     model: str,
     summaries: list[TypeSummary],
@@ -138,7 +147,7 @@ def summary_record(
     return {
         "model": model,
         "ok": True,
-        "top_percent": format_percent(top_percent),
+        "top_percent": percent_number(top_percent),
         "threshold": threshold,
         "scanned": scanned,
         "seconds": round(seconds, 3),

@@ -290,6 +290,30 @@ class ModelBuild:
         return self._built
 
 
+NAME_CHECK_TRANSFORMERS = 5  # the first major version with the conversion mapping the check reads
+_SKIP_NOTICE_GIVEN: list[bool] = []  # the default check's skip is said once a process
+
+
+def name_check_version_problem(version: str | None) -> str | None:
+    """Why this transformers version cannot run the name check (it needs 5 or newer), or None when it can.
+    A version that does not start with a number is given the benefit of the doubt."""
+    if version is None:
+        return "transformers is not installed; the name check needs transformers 5 or newer: pip install -U \"transformers>=5\""
+    major = re.match(r"\s*v?(\d+)", version)
+    if major is None or int(major.group(1)) >= NAME_CHECK_TRANSFORMERS:
+        return None
+    return (f"transformers {version} is installed and the name check needs 5 or newer: "
+            'pip install -U "transformers>=5"')
+
+
+def installed_transformers() -> str | None:
+    """The installed transformers version, or None."""
+    try:
+        return metadata.version("transformers")
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def start_model_build(model: str, revision: str | None = None, *, check: bool | None = None) -> ModelBuild | None:
     """Start building the model the name check needs, unless the check is off, no config is found,
     or this config already has a cached view (a model scanned before answers without transformers)."""
@@ -529,12 +553,19 @@ def checked_yaml(
             if isinstance(recorded, dict):
                 tensor_names += [name for name in recorded.values() if isinstance(name, str)]
             view = cached_view(config, tensor_names, build=build)
+        too_old = name_check_version_problem(installed_transformers()) if config is not None else None
         if view is None and check:
-            raise SpectrumError(
-                f"--check needs the model's config.json, an architecture transformers knows and transformers 5 or newer "
-                f"(its conversion mapping); none of that is usable for "
-                f"{model} (pass --no-check to write the names as stored)"
-            )
+            if config is None:
+                reason = f"no config.json beside the weights of {model} (nor in the Hugging Face cache)"
+            elif too_old:
+                reason = too_old
+            else:
+                reason = (f"transformers {installed_transformers()} cannot build the architecture of {config} "
+                          "without the model's own code")
+            raise SpectrumError(f"--check cannot check the names: {reason} (pass --no-check to write the names as stored)")
+        if view is None and too_old and not _SKIP_NOTICE_GIVEN:
+            _SKIP_NOTICE_GIVEN.append(True)
+            LOG.warning("the names are not checked (written as stored): %s", too_old)
     if on_view:
         on_view(view)
     if view is not None and view.ignored:

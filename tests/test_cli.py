@@ -37,9 +37,12 @@ def test_scan_then_reuse_without_weights(tiny_llama_dir, tmp_path):
     assert len(scores) == 21 and all(set(v) == {"snr", "type"} for v in scores.values())
     meta = load_json(work / "model_snr_results" / "snr_results_org-tiny-llama.meta.json")
     assert meta["version"] == __version__ and meta["source"]["kind"] == "local" and meta["name"] == "org/tiny_llama"
+    # The name stands for the model in the sidecar and the YAML header; only source.location keeps the path.
+    assert meta["model"] == "org/tiny_llama" and str(model) in meta["source"]["location"]
+    assert str(model) not in json.dumps({key: value for key, value in meta.items() if key != "source"})
     yaml_file = work / "snr_results_org-tiny-llama_unfrozenparameters_67percent.yaml"
     embeddings = ["^lm_head.weight$", "^model.embed_tokens.weight$"]
-    assert yaml_file.read_text() == expected_yaml(scores, 67, str(model), embeddings)
+    assert yaml_file.read_text() == expected_yaml(scores, 67, "org/tiny_llama", embeddings)
     for text in ("mlp.down_proj", "matrices", "selected", str(scores_file.name), yaml_file.name):
         assert text in first.stderr
     # Each type's row: count, selected, min / median / max, selected layers (computed here independently).
@@ -63,7 +66,7 @@ def test_scan_then_reuse_without_weights(tiny_llama_dir, tmp_path):
     shutil.rmtree(model)  # the second run must not need the weights at all
     second = run_cli("--model-name", str(model), "--name", "org/tiny_llama", "--top-percent", "34", "--output", "-", cwd=work)
     assert second.returncode == 0, second.stderr
-    assert second.stdout == expected_yaml(scores, 34, str(model), embeddings)
+    assert second.stdout == expected_yaml(scores, 34, "org/tiny_llama", embeddings)
     assert "cached scores reused" in second.stderr
     assert load_json(scores_file) == scores
 
@@ -74,7 +77,7 @@ def test_default_outputs_and_types(minilm_dir, tmp_path):
     assert result.stderr == "" and result.stdout == ""
     scores = load_json(tmp_path / "model_snr_results" / "snr_results_sentence-transformers-all-MiniLM-L6-v2.json")
     yaml_text = (tmp_path / "snr_results_sentence-transformers-all-MiniLM-L6-v2_unfrozenparameters_50percent.yaml").read_text()
-    assert yaml_text == expected_yaml(scores, 50, str(minilm_dir), ["^embeddings.word_embeddings.weight$"])
+    assert yaml_text == expected_yaml(scores, 50, "sentence-transformers/all-MiniLM-L6-v2", ["^embeddings.word_embeddings.weight$"])
     assert {v["type"] for v in scores.values()} == {
         "attention.output.dense", "attention.self.key", "attention.self.query",
         "attention.self.value", "intermediate.dense", "output.dense",
@@ -245,3 +248,22 @@ def test_cached_run_imports_neither_torch_nor_transformers(tiny_llama_dir, tmp_p
     report, run = probe("--top-percent", "34", "--output", "-")
     assert report == {"code": 1, "imported": []}, run.stderr
     assert "YAML entries match no parameter of LlamaForCausalLM" in run.stderr and run.stdout == ""
+
+
+def test_a_scan_of_a_local_path_says_once_how_to_name_it_after_the_hub_id(tiny_llama_dir, tmp_path):
+    first, second = tmp_path / "smol", tmp_path / "other"
+    shutil.copytree(tiny_llama_dir, first)
+    shutil.copytree(tiny_llama_dir, second)
+    work = tmp_path / "work"
+    work.mkdir()
+    hint = ("is named after the local path {}; for a copy of a Hub model, --name ORG/NAME names it after the Hub id, "
+            "which Axolotl's Spectrum plugin looks for (README: Axolotl)")
+    result = run_cli("--model", "../smol", "--model", str(second), "--no-check", cwd=work)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: snr_results_..-smol.json " + hint.format("../smol")]  # once a run
+    for args in (["--model", "../smol"],  # cached: no new file, nothing to say
+                 ["--model", "../smol/", "--rescan", "--quiet"],  # --quiet
+                 ["--model", "../smol", "--name", "org/smol"]):  # named
+        result = run_cli(*args, "--no-check", cwd=work)
+        assert result.returncode == 0 and "warning:" not in result.stderr, result.stderr

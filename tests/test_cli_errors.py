@@ -261,3 +261,39 @@ def test_interactive_with_models_piped_in_goes_on_with_the_flags(tmp_path, env, 
     assert result.returncode == 0, result.stderr
     assert result.stderr == "warning: --interactive needs a terminal on stdin; going on with the flags\n"
     assert "- model.layers." in result.stdout
+
+
+def run_main(capsys, argv: list[str]) -> tuple[int, str, str]:
+    from spectrum.cli import main
+
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_help_shows_the_subcommand_and_formats_the_description(capsys):
+    from spectrum.cli import build_parser
+
+    text = build_parser().format_help()
+    assert text.startswith("usage: spectrum --model MODEL [options]\n       spectrum report MODEL [options]\n\n")
+    assert "%%" not in text and "top K% per module type" in text
+    assert "local folder, .safetensors, .gguf or .bin file, or Hub id org/name" in " ".join(text.split())
+
+
+def test_a_stray_word_without_model_suggests_model(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_main(capsys, ["smol"]) == (
+        2, "", "spectrum: error: unrecognized arguments: smol; did you mean --model smol? (see spectrum --help)\n")
+    # Two stray words, or one beside --model, is not a model name forgotten: the plain message.
+    assert run_main(capsys, ["smol", "x"]) == (2, "", "spectrum: error: unrecognized arguments: smol x (see spectrum --help)\n")
+    assert run_main(capsys, ["--model", "a", "smol"]) == (
+        2, "", "spectrum: error: unrecognized arguments: smol (see spectrum --help)\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_usage_errors_point_to_report_help(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_main(capsys, ["report"]) == (
+        2, "", "spectrum: error: the following arguments are required: MODEL (see spectrum report --help)\n")
+    assert run_main(capsys, ["report", "org/x", "--frob"]) == (
+        2, "", "spectrum: error: unrecognized arguments: --frob (see spectrum report --help)\n")

@@ -47,7 +47,7 @@ def test_several_models_json_and_a_failure(tiny_llama_dir, tmp_path):
     assert first["ok"] and second["ok"] and not third["ok"]
     assert third["model"] == str(missing) and "no such file or folder" in third["error"]
     assert first["scanned"] is True and second["scanned"] is False  # the same model again: cached
-    assert first["threshold"] == "gavish-donoho" and first["top_percent"] == "67"
+    assert first["threshold"] == "gavish-donoho" and first["top_percent"] == 67
     scores_file = Path(first["scores_file"])
     scores = load_json(tmp_path / scores_file)
     assert load_json(tmp_path / scores_file.with_suffix(".meta.json"))["threshold"] == "gavish-donoho"

@@ -175,7 +175,8 @@ def test_missing_matplotlib_is_one_line(cache, capsys, monkeypatch):
     before = sorted(p.name for p in cache.iterdir())
     assert main(["report", "org/report-model"]) == 1
     assert capsys.readouterr().err == (
-        "spectrum: error: spectrum report needs matplotlib, an optional extra: pip install 'spectrum[plot]'\n"
+        "spectrum: error: spectrum report needs matplotlib, an optional extra: pip install 'spectrum-snr[plot]' "
+        "(in a checkout: pip install -e '.[plot]')\n"
     )
     assert sorted(p.name for p in cache.iterdir()) == before
 
@@ -211,3 +212,35 @@ def test_html_renders_in_headless_chromium(cache, tmp_path):
     assert bluish > 3000, bluish
     white = float((rgb.min(axis=2) > 245).mean())
     assert 0.5 < white < 0.99, white
+
+
+def test_after_an_incremental_types_scan_the_report_and_sidecar_tell_the_cli_s_figures(tmp_path):
+    from conftest import load_json, save_tiny_llama
+
+    model = save_tiny_llama(tmp_path / "weights")
+    sidecar = tmp_path / "model_snr_results" / "snr_results_t.meta.json"
+    scan = ("--model", str(model), "--name", "t", "--no-check", "--top-percent", "34")
+    first = run_cli(*scan, cwd=tmp_path)
+    assert first.returncode == 0 and "7 of 21 matrices selected" in first.stderr, first.stderr
+    whole = load_json(sidecar)
+    increment = run_cli(*scan, "--types", "embed", "--quiet", cwd=tmp_path)
+    assert increment.returncode == 0, increment.stderr
+    merged = load_json(sidecar)
+    # The whole scan's cost: the first scan's figures plus the increment's (which read one more matrix).
+    assert merged["bytes_read"] > whole["bytes_read"] and merged["seconds"] >= whole["seconds"]
+    assert merged["bytes_read"] == whole["bytes_read"] + 96 * 48 * 2  # embed_tokens: 96 x 48 bf16
+    again = run_cli(*scan, cwd=tmp_path)
+    assert "7 of 21 matrices selected" in again.stderr, again.stderr
+    yaml_text = (tmp_path / "snr_results_t_unfrozenparameters_34percent.yaml").read_text()
+    assert "- ^model.embed_tokens.weight$\n" in yaml_text
+
+    assert run_cli("report", "t", "--top-percent", "34", "--quiet", cwd=tmp_path).returncode == 0
+    page = (tmp_path / "snr_results_t_34percent.html").read_text()
+    assert "Top 34% of each module type by SNR: 7 of 21 matrices selected, 7 types. The YAML also unfreezes the " \
+           "output head and the input embeddings (<code>^lm_head.weight$</code>, " \
+           "<code>^model.embed_tokens.weight$</code>) unless <code>--no-embeddings</code>." in page
+    assert "model.embed_tokens" not in page.split("<h2>Module types</h2>")[1]  # not a selected type here
+    assert run_cli("report", "t", "--top-percent", "34", "--types", "embed", "--quiet", cwd=tmp_path).returncode == 0
+    page = (tmp_path / "snr_results_t_34percent.html").read_text()
+    assert re.search(r'<tr class="selected"><td class="num">1</td><td class="mono">model\.embed_tokens</td>'
+                     r'<td class="num">[^<]+</td><td>in the YAML with the embeddings</td></tr>', page)

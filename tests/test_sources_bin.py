@@ -147,3 +147,22 @@ def test_index_naming_a_missing_shard(twins, tmp_path):
     with pytest.raises(SourceError, match=f"missing from the folder \\({first.name}") as caught:
         open_source(str(partial))
     expect_cli_failure(partial, str(caught.value))
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "bin"])
+def test_one_shard_of_a_sharded_checkpoint_is_scanned_with_one_warning(twins, tmp_path, kind):
+    folder = twins[0] if kind == "bin" else twins[1]
+    index = json.loads((folder / (BIN_INDEX_FILE if kind == "bin" else "model.safetensors.index.json")).read_text())
+    files = sorted(set(index["weight_map"].values()))
+    shard = folder / files[-1]
+    result = run_cli("--model", str(shard), "--name", "one-shard", "--no-check", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (f"warning: {shard} is one shard of the checkpoint in {folder} (its index lists "
+                             f"{len(files)} files); scanning this file only; pass --model {folder} for the whole model\n")
+    # The whole folder, or a file with no index beside it, says nothing.
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(shard, lone / shard.name)
+    for model in (folder, lone / shard.name):
+        result = run_cli("--model", str(model), "--name", f"quiet-{model.name}", "--no-check", "--quiet", cwd=tmp_path)
+        assert result.returncode == 0 and result.stderr == "", result.stderr

@@ -123,3 +123,17 @@ def test_the_terminal_summary_of_a_moe_model_shows_fused_rows(tmp_path):
     record = json.loads(run_cli("--model", str(tmp_path / "m"), "--top-percent", "50", "--json", "--output", "o.yaml",
                                 cwd=tmp_path).stdout)
     assert record["scored_matrices"] == 34 and record["types"][0]["selected_modules"][0].endswith(".mlp.experts.gate_up_proj")
+
+
+@pytest.mark.parametrize(("top_percent", "number"), [
+    (Fraction(25), 25), (Fraction(100), 100), (Fraction(25, 2), 12.5), (Fraction(1, 1000), 0.001),
+    (Fraction(123456789, 10**8), 1.23456789),
+    (Fraction(1, 3), "0.3333333333333333333333333333"),  # no float has these digits: the string
+])
+def test_json_top_percent_is_a_number_with_the_exact_digits(top_percent, number):
+    import json
+
+    record = summary_record("org/model", summarize(scores(), top_percent), top_percent=top_percent,
+                            scanned=False, seconds=0.0, scores_file="s.json", yaml_file="y.yaml")
+    assert record["top_percent"] == number and type(record["top_percent"]) is type(number)
+    assert json.dumps(record["top_percent"]) == (json.dumps(number))

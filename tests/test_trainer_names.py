@@ -203,7 +203,22 @@ def test_check_without_a_config(tmp_path, minilm_dir):
     single.write_bytes((minilm_dir / "model.safetensors").read_bytes())
     assert run_cli("--model", str(single), "--quiet", "--output", "-", cwd=tmp_path).returncode == 0  # auto: skipped
     forced = run_cli("--model", str(single), "--check", "--output", "-", cwd=tmp_path)
-    assert forced.returncode == 1 and "--check needs the model's config.json" in forced.stderr
+    assert forced.returncode == 1 and forced.stderr == (
+        f"spectrum: error: --check cannot check the names: no config.json beside the weights of {single} (nor in "
+        "the Hugging Face cache) (pass --no-check to write the names as stored)\n")
+
+
+@pytest.mark.parametrize(("version", "problem"), [
+    ("5.0.0", None), ("5.0.0rc1", None), ("6.1", None), ("unknown", None),
+    ("4.57.1", 'transformers 4.57.1 is installed and the name check needs 5 or newer: pip install -U "transformers>=5"'),
+    ("4.40.0.dev0", "transformers 4.40.0.dev0 is installed and the name check needs 5 or newer: "
+                    'pip install -U "transformers>=5"'),
+    (None, 'transformers is not installed; the name check needs transformers 5 or newer: pip install -U "transformers>=5"'),
+])
+def test_the_name_check_version_rule(version, problem):
+    from spectrum.trainer import name_check_version_problem
+
+    assert name_check_version_problem(version) == problem
 
 
 def test_view_maps_checkpoint_names(checkpoints):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 
 from ..errors import SourceError
@@ -9,7 +11,26 @@ from ..files import require_regular
 from .base import TensorSource
 from .quantized import read_config, refuse_packed_config
 from .safetensors import INDEX_FILE, LocalSafetensorsSource
-from .torch_bin import BIN_SUFFIXES, TorchBinSource, bin_shards_in
+from .torch_bin import BIN_INDEX_FILE, BIN_SUFFIXES, TorchBinSource, bin_shards_in
+
+LOG = logging.getLogger("spectrum")
+_WARNED_SHARDS: set[str] = set()  # one warning a file a process, however often it is opened
+
+
+def warn_if_one_shard(path: str) -> None:
+    """A file that the index beside it lists among several shards is scanned alone, but said once:
+    the scores then cover part of the model."""
+    folder = os.path.dirname(os.path.abspath(path))
+    index_name = BIN_INDEX_FILE if path.endswith(BIN_SUFFIXES) else INDEX_FILE
+    try:
+        with open(os.path.join(folder, index_name), encoding="utf-8") as handle:
+            files = set(json.load(handle)["weight_map"].values())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError, AttributeError):
+        return  # no index, or one the folder's own scan would report: nothing to say about this file
+    if os.path.basename(path) in files and len(files) > 1 and path not in _WARNED_SHARDS:
+        _WARNED_SHARDS.add(path)
+        LOG.warning("%s is one shard of the checkpoint in %s (its index lists %d files); scanning this file only; "
+                    "pass --model %s for the whole model", path, folder, len(files), folder)
 
 
 _WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".index.json", *BIN_SUFFIXES)
@@ -36,6 +57,7 @@ def open_local(path: str) -> TensorSource:
             return GGUFSource(path)
         folder = os.path.dirname(os.path.abspath(path))
         refuse_packed_config(read_config(folder), path, folder=folder)
+        warn_if_one_shard(path)
         if path.endswith(BIN_SUFFIXES):
             return TorchBinSource.from_path(path)
         return LocalSafetensorsSource.from_path(path)
