@@ -59,6 +59,18 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, no usage block
         raise UsageError(f"{message} (see {self.prog} --help)")
 
+    def _print_message(self, message: str, file=None) -> None:  # --help and --version: a full disk is an error
+        if not message:
+            return
+        if file is None or file is sys.stdout:
+            _write_stdout_utf8(message)
+            return
+        try:
+            file.write(message)
+            file.flush()
+        except OSError:
+            pass  # stderr: nowhere left to say it
+
 
 class _MainParser(_Parser):
     def parse_args(self, args=None, namespace=None):  # noqa: ANN001 - argparse's signature
@@ -72,19 +84,8 @@ class _MainParser(_Parser):
 
 
 # Usage lines (argparse %-formats usage, not the raw description): the scan and the subcommand.
-USAGE = "%(prog)s --model MODEL [options]\n       %(prog)s report MODEL [options]"
-
-    def _print_message(self, message: str, file=None) -> None:  # --help and --version: a full disk is an error
-        if not message:
-            return
-        if file is None or file is sys.stdout:
-            _write_stdout_utf8(message)
-            return
-        try:
-            file.write(message)
-            file.flush()
-        except OSError:
-            pass  # stderr: nowhere left to say it
+USAGE = ("%(prog)s --model MODEL [options]\n       %(prog)s report MODEL [options]\n"
+         "       %(prog)s verify CONFIG.yml | --model MODEL FILE.yaml")
 
 
 def build_parser() -> argparse.ArgumentParser:
