@@ -275,7 +275,8 @@ def test_help_shows_the_subcommand_and_formats_the_description(capsys):
     from spectrum.cli import build_parser
 
     text = build_parser().format_help()
-    assert text.startswith("usage: spectrum --model MODEL [options]\n       spectrum report MODEL [options]\n\n")
+    assert text.startswith("usage: spectrum --model MODEL [options]\n       spectrum report MODEL [options]\n"
+                           "       spectrum verify CONFIG.yml | --model MODEL FILE.yaml\n\n")
     assert "%%" not in text and "top K% per module type" in text
     assert "local folder, .safetensors, .gguf or .bin file, or Hub id org/name" in " ".join(text.split())
 

@@ -155,7 +155,7 @@ def test_one_shard_of_a_sharded_checkpoint_is_scanned_with_one_warning(twins, tm
     index = json.loads((folder / (BIN_INDEX_FILE if kind == "bin" else "model.safetensors.index.json")).read_text())
     files = sorted(set(index["weight_map"].values()))
     shard = folder / files[-1]
-    result = run_cli("--model", str(shard), "--name", "one-shard", "--no-check", "--quiet", cwd=tmp_path)
+    result = run_cli("--model", str(shard), "--name", "one-shard", "--no-check", "--quiet", "--top-percent", "100", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stderr == (f"warning: {shard} is one shard of the checkpoint in {folder} (its index lists "
                              f"{len(files)} files); scanning this file only; pass --model {folder} for the whole model\n")
@@ -164,5 +164,6 @@ def test_one_shard_of_a_sharded_checkpoint_is_scanned_with_one_warning(twins, tm
     lone.mkdir()
     shutil.copy(shard, lone / shard.name)
     for model in (folder, lone / shard.name):
-        result = run_cli("--model", str(model), "--name", f"quiet-{model.name}", "--no-check", "--quiet", cwd=tmp_path)
+        result = run_cli("--model", str(model), "--name", f"quiet-{model.name}", "--no-check", "--quiet", "--top-percent", "100",
+                         cwd=tmp_path)
         assert result.returncode == 0 and result.stderr == "", result.stderr
