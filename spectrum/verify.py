@@ -28,6 +28,7 @@ import re
 from dataclasses import dataclass, field
 
 from .errors import SpectrumError, UsageError
+from .select import belongs_to
 from .trainer import axolotl_pattern
 
 PLUGIN = "axolotl.integrations.spectrum.SpectrumPlugin"
@@ -132,10 +133,12 @@ def check_unfrozen(entries: list, parameters: list[str], modules: set[str], *, s
         unfrozen.update(hits)
         plain = regex.removeprefix("^").removesuffix("$").replace("\\.", ".")
         if plain in modules or plain in parameters:  # the entry names one module (or parameter)
-            others = sorted({_owner(name) for name in hits if name != plain and not name.startswith(plain + ".")})
+            own = set(parameters)
+            others = sorted({_owner(name) for name in hits if not belongs_to(name, plain, own)})
             if others:
                 problems.append(f"{source} entry {entry!r} also unfreezes {_shown(others)}, whose names it is a prefix of "
-                                f"(Axolotl's re.match); end it with \\. or $ to unfreeze {plain} alone")
+                                f"(Axolotl's re.match); end it with a dot (a module) or $ (a parameter) to unfreeze "
+                                f"{plain} alone, as spectrum's YAML does")
     if invalid:
         problems.append(f"{source}: not a valid regular expression: {_count(len(invalid), 'entry')} ({_shown(invalid)}); "
                         "Axolotl stops on them")

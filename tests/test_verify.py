@@ -72,7 +72,7 @@ def test_unmatched_and_prefix_entries(folder):
     found = problems(lines)
     assert code == 1 and len(found) == 2, lines
     assert found[0].startswith("unfrozen_parameters entry 'model.layers.1' also unfreezes 'model.layers.10.")
-    assert "end it with \\. or $ to unfreeze model.layers.1 alone" in found[0]
+    assert "end it with a dot (a module) or $ (a parameter) to unfreeze model.layers.1 alone" in found[0]
     assert found[1].startswith("unfrozen_parameters: no parameter of the model matches 1 entry "
                                "('model.layers.3.mlp.nothing')")
     assert lines[-1] == f"{config}: 2 problems: it does not train what it says"
@@ -208,3 +208,15 @@ def test_the_command_line_with_a_hub_id_from_the_offline_cache(folder, tmp_path,
     assert result.returncode == 2 and result.stderr.startswith("spectrum: error: ") and result.stdout == ""
     assert len(result.stderr.splitlines()) == 1
     assert os.listdir(folder / "llama")  # nothing was written beside the configs
+
+
+def test_a_fused_expert_entry_owns_its_bias(folder):
+    """GPT-OSS stores `mlp.experts.gate_up_proj` beside `mlp.experts.gate_up_proj_bias`: the entry spectrum's
+    YAML writes for the fused tensor trains its bias as a module's entry trains `.bias`, which is not a
+    prefix problem; a module name that reaches another module still is."""
+    T.GptOssConfig(**TEXT, num_local_experts=4, num_experts_per_tok=2, head_dim=8,
+                   architectures=["GptOssForCausalLM"]).save_pretrained(folder / "gpt-oss")
+    config = write(folder / "g.yml", "base_model: ./gpt-oss\nunfrozen_parameters:\n- model.layers.0.mlp.experts.gate_up_proj\n")
+    code, lines = verify(config)
+    assert code == 0, lines
+    assert lines[0].startswith("trains: 2 of ")  # the fused tensor and its bias
