@@ -139,7 +139,7 @@ class TestOutputTargets:
         assert (piped.returncode, piped.stderr, piped.stdout.encode()) == (0, "", yaml_bytes)
         log = tmp_path / "log.txt"
         log.write_text("earlier line\n")
-        with open(log, "a") as appended:  # `spectrum ... --output /dev/stdout >> log.txt`
+        with open(log, "a") as appended:  # as `spectrum ... --output <stdout link> >> log.txt` would
             result = subprocess.run([sys.executable, "-m", "spectrum", *ARGS, "--output", "stdout"], cwd=tmp_path,
                                     env=cli_env(), stdout=appended, stderr=subprocess.PIPE, timeout=HANG)
         assert result.returncode == 0, result.stderr
