@@ -248,7 +248,7 @@ STALE_TEMPORARY_SECONDS = 5.0  # older than the gap between a temporary file's c
 
 def remove_stale_temporaries(scores_file: str, suffixes: tuple[str, ...] = ()) -> list[str]:
     """Delete the temporary files a killed writer left beside `scores_file` (`.snr_results_<slug>.json.*.tmp`,
-    and the same for its sidecar and each name in `suffixes`); the names removed.
+    and the same for its sidecar, its `.tensors.json` and each name in `suffixes`); the names removed.
 
     Call it holding the entry's lock. Only regular files of these names are touched, and only those
     no live process has flocked (a writer holds its temporary file's flock until the rename) and
@@ -256,7 +256,7 @@ def remove_stale_temporaries(scores_file: str, suffixes: tuple[str, ...] = ()) -
     """
     folder = os.path.dirname(scores_file) or "."
     base = os.path.basename(scores_file)[: -len(".json")] if scores_file.endswith(".json") else os.path.basename(scores_file)
-    prefixes = tuple(f".{base}{suffix}." for suffix in (".json", ".meta.json", *suffixes))
+    prefixes = tuple(f".{base}{suffix}." for suffix in (".json", ".meta.json", ".tensors.json", *suffixes))
     try:
         names = [name for name in os.listdir(folder) if name.startswith(prefixes) and name.endswith(".tmp")]
     except OSError:

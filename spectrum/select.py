@@ -11,7 +11,7 @@ from statistics import fmean
 from typing import Iterable, Protocol
 
 from .errors import UsageError
-from .naming import module_type, stack_of, without_expert_index
+from .naming import module_type, printable, stack_of, without_expert_index
 
 DEFAULT_EMBEDDING_PATTERNS = ("^lm_head.weight$", "^model.embed_tokens.weight$")
 _REGEX_SPECIAL = frozenset("^$*+?{}[]\\|()")  # regex metacharacters but the dot, which Axolotl escapes itself
@@ -290,7 +290,7 @@ def _scalar(text: str) -> str:
 
 def _comment(text: str) -> str:
     """`text` for a comment line: anything not printable (line breaks included) as an escape."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return printable(text)
 
 
 def yaml_entries(yaml_text: str) -> list[str]:

@@ -299,6 +299,7 @@ class TestInterruptedWrites:
             "dead": ".snr_results_m.json.aaaaaaaa.tmp",
             "dead_sidecar": ".snr_results_m.meta.json.bbbbbbbb.tmp",
             "dead_partial": ".snr_results_m.partial.jsonl.cccccccc.tmp",
+            "dead_tensors": ".snr_results_m.tensors.json.iiiiiiii.tmp",  # the checkpoint's scores beside trainer-named ones
             "live": ".snr_results_m.json.dddddddd.tmp",  # flocked: its writer is alive
             "young": ".snr_results_m.json.eeeeeeee.tmp",  # made a moment ago: its writer may not have locked it yet
             "other_entry": ".snr_results_m-2.json.ffffffff.tmp",
@@ -312,7 +313,7 @@ class TestInterruptedWrites:
         with open(tmp_path / names["live"]) as live:
             fcntl.flock(live.fileno(), fcntl.LOCK_EX)
             removed = remove_stale_temporaries(str(tmp_path / "snr_results_m.json"), (".partial.jsonl",))
-        assert sorted(removed) == sorted([names["dead"], names["dead_sidecar"], names["dead_partial"]])
+        assert sorted(removed) == sorted([names["dead"], names["dead_sidecar"], names["dead_partial"], names["dead_tensors"]])
         kept = {names[key] for key in ("live", "young", "other_entry", "not_ours")} | {".snr_results_m.json.hhhhhhhh.tmp"}
         assert set(listing(tmp_path)) == kept
 
