@@ -354,14 +354,42 @@ def find_config(model: str, revision: str | None = None) -> str | None:
         path = os.path.join(os.path.dirname(os.path.abspath(expanded)), "config.json")
         return path if os.path.isfile(path) else None
     try:
-        from huggingface_hub import hf_hub_download, try_to_load_from_cache
-
-        cached = try_to_load_from_cache(model, "config.json", revision=revision)
-        if isinstance(cached, str):  # the scan fetched it: no network on later runs
-            return cached
-        return hf_hub_download(model, "config.json", revision=revision)
+        return _hub_config(model, revision)
     except Exception:  # noqa: BLE001 - no config reachable: the check is skipped, not the run
         return None
+
+
+HUB_PROBE_SECONDS = 3.0  # per attempt (huggingface_hub makes two): whether the Hub answers at all
+_unreachable: set[str] = set()  # Hub endpoints that did not answer in this process (said once)
+
+
+def _hub_config(model: str, revision: str | None) -> str | None:
+    """A Hub model's `config.json`: from the local HF cache, else fetched; None when it cannot be had.
+
+    Before fetching, a request with a short timeout asks the Hub for the file's metadata:
+    huggingface_hub retries a Hub that does not answer for half a minute or more, which a run that
+    the cache answers (cached scores, no weights to read) should not wait for. When the Hub cannot
+    be reached, one warning says so and the check is skipped.
+    """
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import HfHubHTTPError
+
+    cached = try_to_load_from_cache(model, "config.json", revision=revision)
+    if isinstance(cached, str):  # the scan fetched it: no network on later runs
+        return cached
+    if cached is not None or constants.HF_HUB_OFFLINE or constants.ENDPOINT in _unreachable:
+        return None  # known to be absent, offline, or a Hub already found silent
+    try:
+        get_hf_file_metadata(hf_hub_url(model, "config.json", revision=revision), timeout=HUB_PROBE_SECONDS)
+    except HfHubHTTPError:
+        return None  # the Hub answered: no such file or repository, or no access
+    except Exception as err:  # noqa: BLE001 - a refused connection, a timeout, no route, a proxy's failure
+        _unreachable.add(constants.ENDPOINT)
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        LOG.warning("the Hugging Face Hub cannot be reached (%s); %s's config.json is not in the local cache, so "
+                    "names are not checked (set HF_HUB_OFFLINE=1 to skip this attempt)", reason, model)
+        return None
+    return hf_hub_download(model, "config.json", revision=revision)
 
 
 def build_view(config_path: str, tensor_names: list[str]) -> TrainerView | None:
