@@ -26,8 +26,8 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import checkpoints  # noqa: E402 (the benchmark cases)
-from spectrum.engine import singular_values  # noqa: E402
-from spectrum.inventory import default_type_filter, take_inventory  # noqa: E402
+from spectrum.scoring.svd_torch import singular_values  # noqa: E402
+from spectrum.scoring.inventory import default_type_filter, take_inventory  # noqa: E402
 from spectrum.sources import open_source  # noqa: E402
 
 

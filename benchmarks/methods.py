@@ -16,7 +16,7 @@ import time
 import torch
 from threadpoolctl import threadpool_limits
 
-from spectrum.engine import singular_values
+from spectrum.scoring.svd_torch import singular_values
 
 SHAPES = {
     "SmolLM2-135M q/o": (576, 576),

@@ -3,13 +3,14 @@
 Spectrum (Hartford, Atkins, Fernandes Neto, Golchinfar; arXiv 2406.06623) trains only the
 matrices with the highest SNR. This package scores every matrix of a checkpoint, shard by
 shard, and writes the list of modules to unfreeze.
+
+This module is the public API and nothing else; no module of the package imports it. The code
+lives in five rooms: `sources` (weights in), `scan` (weights -> scores), `cache` (scores on
+disk), `selection` (scores -> what to train) and `report` (what a person sees), joined by
+`workflow`, which the command line (`cli`) and this API share.
 """
 
-__version__ = "0.1.0"
-
-import importlib
-import sys
-import types
+from ._version import __version__
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (milliseconds of start-up)
 
@@ -18,30 +19,30 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (millisec
 # formula) is imported only by a scan: the CLI's cached path, `load_scores` and `freeze` never
 # import torch or transformers.
 _LAZY = {
-    "read_scores": "cache",
-    "scores_path": "cache",
-    "write_scores": "cache",
+    "read_scores": "cache.scores_file",
+    "scores_path": "cache.scores_file",
+    "write_scores": "cache.scores_file",
+    "load_scores": "cache.lookup",
     "CacheError": "errors",
     "CorruptCheckpointError": "errors",
     "SourceError": "errors",
     "SpectrumError": "errors",
     "UsageError": "errors",
-    "Unfrozen": "freeze",
-    "freeze": "freeze",
-    "write_report": "html_report",
-    "load_scores": "results",
     "ModuleScore": "scores",
     "Scores": "scores",
-    "Outcome": "store",
-    "load_or_scan": "store",
-    "TypeSummary": "summary",
-    "compact_ranges": "summary",
-    "summarize": "summary",
-    "THRESHOLDS": "thresholds",
-    "scan": "scanner",
-    "lora_targets": "lora",
-    "score_from_singular_values": "snr",
-    "scores_from_singular_values": "snr",
+    "Unfrozen": "selection.freeze",
+    "freeze": "selection.freeze",
+    "lora_targets": "selection.lora",
+    "write_report": "report.html",
+    "TypeSummary": "report.summary",
+    "compact_ranges": "report.summary",
+    "summarize": "report.summary",
+    "THRESHOLDS": "scoring.thresholds",
+    "scan": "scoring.checkpoint",
+    "score_from_singular_values": "scoring.snr",
+    "scores_from_singular_values": "scoring.snr",
+    "Outcome": "cache.store",
+    "load_or_scan": "cache.store",
 }
 
 
@@ -49,6 +50,8 @@ def __getattr__(name: str):
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'spectrum' has no attribute {name!r}")
+    import importlib
+
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
@@ -58,31 +61,19 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-class _Package(types.ModuleType):
-    """The package module. `spectrum.freeze` is the function, also once the submodule of the same
-    name has been imported (the import system then binds the submodule to the package's attribute)."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if name == "freeze" and isinstance(value, types.ModuleType):
-            value = value.freeze
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
 if TYPE_CHECKING:
-    from .cache import read_scores, scores_path, write_scores
+    from .cache.lookup import load_scores
+    from .cache.scores_file import read_scores, scores_path, write_scores
+    from .cache.store import Outcome, load_or_scan
     from .errors import CacheError, CorruptCheckpointError, SourceError, SpectrumError, UsageError
-    from .freeze import Unfrozen, freeze
-    from .html_report import write_report
-    from .lora import lora_targets
-    from .results import load_scores
-    from .scanner import scan
+    from .report.html import write_report
+    from .report.summary import TypeSummary, compact_ranges, summarize
+    from .scoring.checkpoint import scan
+    from .scoring.snr import score_from_singular_values, scores_from_singular_values
+    from .scoring.thresholds import THRESHOLDS
     from .scores import ModuleScore, Scores
-    from .snr import score_from_singular_values, scores_from_singular_values
-    from .store import Outcome, load_or_scan
-    from .summary import TypeSummary, compact_ranges, summarize
-    from .thresholds import THRESHOLDS
+    from .selection.freeze import Unfrozen, freeze
+    from .selection.lora import lora_targets
 
 __all__ = [
     "__version__",

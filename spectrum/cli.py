@@ -13,12 +13,12 @@ import time
 import traceback
 from fractions import Fraction
 
-from . import __version__
-from .cache import DEFAULT_CACHE_DIR, output_target, overlong_name, scores_path, write_output_text
-from .distributed import World, leave
+from ._version import __version__
+from .cache.scores_file import DEFAULT_CACHE_DIR, output_target, overlong_name, scores_path, write_output_text
+from .scoring.distributed import World, leave
 from .errors import SpectrumError, UsageError
 from .naming import compile_type_patterns, printable, type_matches
-from .report import (
+from .report.terminal import (
     ask,
     console,
     format_types,
@@ -28,14 +28,14 @@ from .report import (
     print_summary,
     scan_progress,
 )
-from .inventory import default_type_filter, take_inventory
-from .select import format_percent, parse_top_percent
-from .thresholds import DEFAULT_THRESHOLD, THRESHOLDS
+from .scoring.inventory import default_type_filter, take_inventory
+from .selection.topk import format_percent, parse_top_percent
+from .scoring.thresholds import DEFAULT_THRESHOLD, THRESHOLDS
 from .sources import open_source
 from .sources.base import check_revision, looks_like_hub_id, shown
-from .store import check_entry_names, left_out, load_or_scan, refresh_plugin_file
-from .summary import summarize, summary_record
-from .trainer import ModelBuild, checked_yaml, start_model_build
+from .cache.store import check_entry_names, left_out, load_or_scan, refresh_plugin_file
+from .report.summary import summarize, summary_record
+from .selection.model_view import ModelBuild, checked_yaml, start_model_build
 
 LOG = logging.getLogger("spectrum")
 
@@ -298,7 +298,7 @@ def run_model(
     percent_text = format_percent(top_percent)
     kind = "unfrozenparameters"
     if args.lora or args.format == "regex":
-        from .lora import selection_text
+        from .selection.lora import selection_text
 
         kind = "lora" if args.lora else kind
         yaml_text = selection_text(
@@ -448,7 +448,7 @@ def default_types_of(scores) -> set[str] | None:
 
 def choose_types_for(model: str, revision: str | None, patterns: list[re.Pattern[str]] | None) -> set[str]:
     """The checklist for one model, from its headers; the flags' choice starts checked."""
-    from .interactive import choose_types
+    from .report.checklist import choose_types
 
     source = open_source(model, revision=revision)
     try:
@@ -518,9 +518,9 @@ def build_report_parser() -> argparse.ArgumentParser:
 
 def run_report(args: argparse.Namespace) -> int:
     """`spectrum report MODEL`: the heatmap and the HTML page, from the cache alone."""
-    from .html_report import default_report_paths, write_report
-    from .plot import require_matplotlib
-    from .results import load_scores
+    from .report.html import default_report_paths, write_report
+    from .report.heatmap import require_matplotlib
+    from .cache.lookup import load_scores
 
     top_percent = parse_top_percent(args.top_percent)
     patterns = _type_patterns(args.types)
@@ -581,7 +581,7 @@ def build_verify_parser() -> argparse.ArgumentParser:
 
 def run_verify(args: argparse.Namespace) -> int:
     """`spectrum verify CONFIG`: one line per problem on stdout, then what will train; 1 when there is a problem."""
-    from .verify import read_config, verify
+    from .selection.verify import read_config, verify
 
     config = read_config(args.config)
     if args.model:

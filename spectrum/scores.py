@@ -6,9 +6,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from . import __version__
+from ._version import __version__
 from .naming import is_input_embedding, is_output_head, module_name
-from .select import (
+from .selection.topk import (
     DEFAULT_EMBEDDING_PATTERNS,
     NameIndex,
     ParameterNames,

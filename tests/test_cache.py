@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from spectrum.cache import SIDECAR_MISMATCH, atomic_write_text, meta_path, parse_scores, read_scores, scores_path, write_scores
+from spectrum.cache.scores_file import SIDECAR_MISMATCH, atomic_write_text, meta_path, parse_scores, read_scores, scores_path, write_scores
 from spectrum.errors import CacheError
 from spectrum.scores import ModuleScore, Scores
 

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from conftest import load_json, run_cli
-from spectrum import __version__
+from spectrum._version import __version__
 
 
 def expected_yaml(scores_json: dict, percent: int, model: str, embeddings: list[str]) -> str:
@@ -152,7 +152,7 @@ def test_a_cpu_scan_of_safetensors_imports_no_torch(tiny_llama_dir, tmp_path, mo
                           "--no-check", "--top-percent", "50", "--cache-dir", "scores"],
                          cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
     assert json.loads(run.stderr.strip().splitlines()[-1]) == {"code": 0, "imported": ["numpy"]}, run.stderr
-    from spectrum.scanner import scan
+    from spectrum.scoring.checkpoint import scan
 
     (scores_file,) = (tmp_path / "scores").glob("snr_results_*[!a].json")
     written = json.loads(scores_file.read_text())

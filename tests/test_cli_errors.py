@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import load_json, offline_env, run_cli
-from spectrum.cache import scores_path
+from spectrum.cache.scores_file import scores_path
 
 GOOD_SCORES = {
     "model.layers.0.mlp.down_proj": {"snr": 1.25, "type": "mlp.down_proj"},

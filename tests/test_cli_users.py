@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT, load_json, run_cli
-from spectrum.summary import compact_ranges
+from spectrum.report.summary import compact_ranges
 
 
 def expected_types(scores_json: dict, percent: int) -> list[dict]:

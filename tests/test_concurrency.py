@@ -17,7 +17,7 @@ import time
 from conftest import load_json
 from reliability import listing, score_lines, start_cli, wait_for_scores
 from reliability import reference_bytes, slow_model  # noqa: F401 (fixtures)
-from spectrum.lock import EntryLock, lock_path
+from spectrum.cache.lock import EntryLock, lock_path
 
 SCAN = ("--name", "slow", "--device", "cpu", "--quiet")
 

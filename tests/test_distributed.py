@@ -6,7 +6,7 @@ import sys
 
 import pytest
 from conftest import REPO_ROOT, cli_env, load_json
-from spectrum.distributed import World, _balanced, share
+from spectrum.scoring.distributed import World, _balanced, share
 
 
 def test_balanced_assignment_is_greedy_largest_first():

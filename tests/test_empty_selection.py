@@ -14,7 +14,7 @@ import torch
 import spectrum
 from conftest import run_cli
 from spectrum.scores import ModuleScore, Scores
-from spectrum.select import keep_count, smallest_percent_keeping_one
+from spectrum.selection.topk import keep_count, smallest_percent_keeping_one
 
 
 @pytest.mark.parametrize("count", [1, 2, 3, 7, 30, 64, 96, 3000])

@@ -6,10 +6,10 @@ import torch
 from safetensors import safe_open
 
 from reference import matrix_with_spectrum, reference_score
-from spectrum.engine import resolve_device, singular_values
+from spectrum.scoring.svd_torch import resolve_device, singular_values
 from spectrum.errors import UsageError
-from spectrum.host import resolve_method
-from spectrum.snr import scores_from_singular_values
+from spectrum.scoring.svd_numpy import resolve_method
+from spectrum.scoring.snr import scores_from_singular_values
 
 SHAPES = [(96, 96), (64, 200), (200, 64), (1, 50), (50, 1)]
 

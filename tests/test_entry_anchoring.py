@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 import spectrum
 from conftest import run_cli
 from spectrum.scores import ModuleScore, Scores
-from spectrum.select import entry_for, yaml_entries
-from spectrum.trainer import overreaching_entries
+from spectrum.selection.topk import entry_for, yaml_entries
+from spectrum.selection.model_view import overreaching_entries
 
 
 def axolotl_unfreezes(entry: str, names: list[str]) -> list[str]:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import spectrum
-from spectrum.cache import write_scores
+from spectrum.cache.scores_file import write_scores
 from spectrum.scores import ModuleScore, Scores
 
 TYPES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",

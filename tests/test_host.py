@@ -9,9 +9,9 @@ import torch
 
 from reference import reference_score
 from spectrum import host
-from spectrum.engine import singular_values
-from spectrum.host import StoredArray, gram_matrix, keep_gram_buffers
-from spectrum.snr import scores_from_singular_values
+from spectrum.scoring.svd_torch import singular_values
+from spectrum.scoring.svd_numpy import StoredArray, gram_matrix, keep_gram_buffers
+from spectrum.scoring.snr import scores_from_singular_values
 from test_engine import constructed
 
 
@@ -114,7 +114,7 @@ def test_float64_far_outside_the_squares_range_scores_exactly(scale, tmp_path):
     by a power of two first (exactly) on every route, where they used to score 0 or be left out."""
     from safetensors.numpy import save_file
 
-    from spectrum.scanner import scan
+    from spectrum.scoring.checkpoint import scan
 
     matrix = constructed(40, 24, seed=3)["outlier-dominated"].astype(np.float64) * scale
     expected = reference_score(matrix)
@@ -140,7 +140,7 @@ def test_singular_values_beyond_float64_are_left_out_by_name(tmp_path, caplog):
 
     from safetensors.numpy import save_file
 
-    from spectrum.scanner import scan
+    from spectrum.scoring.checkpoint import scan
 
     huge = np.full((64, 32), 1e308)  # finite entries; the largest singular value is 4.5e309
     save_file({"model.layers.0.mlp.up_proj.weight": huge, "model.layers.1.mlp.up_proj.weight": np.eye(64, 32)},

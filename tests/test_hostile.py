@@ -25,8 +25,8 @@ from safetensors.torch import save_file
 
 from conftest import cli_env
 from reliability import listing
-from spectrum.cache import read_scores
-from spectrum.select import literal_entry
+from spectrum.cache.scores_file import read_scores
+from spectrum.selection.topk import literal_entry
 
 NAMES = {
     "long": "w" * 10_000,

@@ -16,11 +16,11 @@ import yaml
 
 import spectrum
 from conftest import run_cli
-from spectrum.freeze import _view_of
-from spectrum.lora import module_regex, parameter_regex
+from spectrum.selection.freeze import _view_of
+from spectrum.selection.lora import module_regex, parameter_regex
 from spectrum.scores import Scores
-from spectrum.scanner import scan
-from spectrum.trainer import axolotl_pattern
+from spectrum.scoring.checkpoint import scan
+from spectrum.selection.model_view import axolotl_pattern
 
 peft = pytest.importorskip("peft")
 from peft import LoraConfig, get_peft_model  # noqa: E402

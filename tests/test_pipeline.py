@@ -9,9 +9,9 @@ from safetensors.torch import save_file
 
 from spectrum import engine
 from spectrum.errors import CorruptCheckpointError
-from spectrum.host import cpu_threads_limited
-from spectrum.pipeline import Batcher, Item, Reader, run_batches
-from spectrum.scanner import scan, scan_source
+from spectrum.scoring.svd_numpy import cpu_threads_limited
+from spectrum.scoring.pipeline import Batcher, Item, Reader, run_batches
+from spectrum.scoring.checkpoint import scan, scan_source
 from spectrum.sources import open_source
 
 
@@ -94,7 +94,7 @@ def test_reader_queue_is_bounded_in_bytes_not_only_in_tensors():
 
 
 def test_workers_are_capped_at_four_per_core(tiny_llama_dir, caplog):
-    from spectrum.scanner import cpu_count
+    from spectrum.scoring.checkpoint import cpu_count
 
     cores = cpu_count()
     with caplog.at_level("WARNING", logger="spectrum"):

@@ -19,9 +19,9 @@ import torch
 
 import spectrum
 from conftest import run_cli
-from spectrum.cache import scores_path, scores_to_json, tensors_path
-from spectrum.select import yaml_entries
-from spectrum.trainer import checked_yaml, unmatched_entries
+from spectrum.cache.scores_file import scores_path, scores_to_json, tensors_path
+from spectrum.selection.topk import yaml_entries
+from spectrum.selection.model_view import checked_yaml, unmatched_entries
 from test_trainer_names import small
 
 PLUGIN_EMBEDDING_LINES = ["^lm_head.weight$", "^model.embed_tokens.weight$"]

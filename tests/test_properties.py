@@ -17,11 +17,11 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from spectrum.cache import parse_scores, read_scores, write_scores
+from spectrum.cache.scores_file import parse_scores, read_scores, write_scores
 from spectrum.errors import CacheError, CorruptCheckpointError
-from spectrum.journal import PartialScan
+from spectrum.cache.journal import PartialScan
 from spectrum.scores import ModuleScore, Scores
-from spectrum.select import parse_top_percent, select_by_type
+from spectrum.selection.topk import parse_top_percent, select_by_type
 from spectrum.sources.base import ShardInfo, SourceDescription
 from spectrum.sources.safetensors import DTYPES, SafetensorsFile
 

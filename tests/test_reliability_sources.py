@@ -26,7 +26,7 @@ def test_threads_must_be_plain_digits(tmp_path, tiny_llama_dir, value):
 
 
 def test_threads_beyond_four_per_core_are_capped_with_one_warning(tmp_path, tiny_llama_dir):
-    from spectrum.scanner import cpu_count
+    from spectrum.scoring.checkpoint import cpu_count
 
     cores = cpu_count()
     result = run_cli("--model", str(tiny_llama_dir), "--name", "t", "--threads", "1000", "--no-check", "--quiet",
@@ -93,7 +93,7 @@ def test_weights_changed_during_a_scan_are_never_cached(tmp_path, how):
     from safetensors.torch import save_file
 
     from spectrum.errors import WeightsChangedError
-    from spectrum.store import load_or_scan
+    from spectrum.cache.store import load_or_scan
 
     model = tmp_path / "m"
     model.mkdir()

@@ -256,7 +256,7 @@ def test_a_nul_byte_in_models_from_is_a_usage_error(tmp_path):
 def test_running_out_of_memory_is_one_line(tmp_path, hostile_model, monkeypatch):
     """The allocation that fails is simulated (a real one needs a machine-sized model); what is tested is
     the line and the exit code, which an empty MemoryError message once made `unexpected MemoryError: `."""
-    import spectrum.host
+    import spectrum.scoring.svd_numpy
     from spectrum.cli import main
 
     def exhausted(*_args, **_kwargs):

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from spectrum.cache import write_scores
-from spectrum.plot import heatmap_grid, heatmap_size
+from spectrum.cache.scores_file import write_scores
+from spectrum.report.heatmap import heatmap_grid, heatmap_size
 from spectrum.scores import ModuleScore, Scores
-from spectrum.summary import summarize
+from spectrum.report.summary import summarize
 
 VALUES = {  # type -> score of layers 0..3
     "mlp.down_proj": [1.0, 4.0, 3.0, 2.0],  # top half: layers 1, 2
@@ -189,7 +189,7 @@ def chromium() -> str | None:
 def test_html_renders_in_headless_chromium(cache, tmp_path):
     from PIL import Image
 
-    from spectrum.html_report import write_report
+    from spectrum.report.html import write_report
 
     html_file = cache / "report.html"
     write_report(hand_scores(), Fraction(50), png_path=str(cache / "report.png"), html_path=str(html_file))

@@ -20,14 +20,14 @@ from safetensors.torch import save_file
 from conftest import COMMIT, build_hf_cache, load_json, run_cli
 from reliability import SLOW_MATRICES, listing, score_lines, start_cli, wait_for_scores
 from reliability import reference_bytes, slow_model  # noqa: F401 (fixtures)
-from spectrum.cache import scores_path
-from spectrum.journal import PartialScan, partial_path
-from spectrum.results import load_scores
+from spectrum.cache.scores_file import scores_path
+from spectrum.cache.journal import PartialScan, partial_path
+from spectrum.cache.lookup import load_scores
 from spectrum.errors import CacheError
 from spectrum.sources import open_source
 from spectrum.scores import ModuleScore
-from spectrum.snr import DEFAULT_THRESHOLD
-from spectrum.store import load_or_scan, stale_reason
+from spectrum.scoring.snr import DEFAULT_THRESHOLD
+from spectrum.cache.store import load_or_scan, stale_reason
 
 SCAN = ("--name", "slow", "--threads", "1", "--device", "cpu", "--quiet")
 

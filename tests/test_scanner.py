@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 
 from reference import reference_score
 from spectrum.errors import SpectrumError, UsageError
-from spectrum.scanner import scan, take_inventory
-from spectrum.store import merge, missing_types
+from spectrum.scoring.checkpoint import scan, take_inventory
+from spectrum.cache.store import merge, missing_types
 from spectrum.scores import ModuleScore, Scores
 from spectrum.sources import open_source
 
@@ -91,9 +91,9 @@ def test_the_two_cpu_routes_give_the_same_scores(tiny_llama_dir, minilm_dir, mon
 def test_which_scans_go_without_torch(tiny_llama_dir, tmp_path):
     """NumPy's route needs the CPU, the Gram method, a source of NumPy arrays, dtypes NumPy reads and
     every matrix under 2048 on its short side (torch's eigvalsh is faster from there)."""
-    from spectrum.host import resolve_method
-    from spectrum.inventory import Matrix
-    from spectrum.scanner import _host_route
+    from spectrum.scoring.svd_numpy import resolve_method
+    from spectrum.scoring.inventory import Matrix
+    from spectrum.scoring.checkpoint import _host_route
     from spectrum.sources.base import TensorInfo
 
     AUTO = resolve_method("auto")  # the route is chosen for the method `auto` resolves to
@@ -115,7 +115,7 @@ def test_which_scans_go_without_torch(tiny_llama_dir, tmp_path):
 
 def test_cuda_is_ruled_out_only_where_torch_finds_none():
     """`--device auto` skips importing torch only when torch could not find a GPU anyway."""
-    from spectrum.scanner import cuda_ruled_out
+    from spectrum.scoring.checkpoint import cuda_ruled_out
 
     if cuda_ruled_out():
         assert not torch.cuda.is_available()
@@ -126,7 +126,7 @@ def test_cuda_is_ruled_out_only_where_torch_finds_none():
 def test_cores_are_counted_where_there_is_no_cpu_affinity(monkeypatch):
     import os
 
-    from spectrum.scanner import cpu_count
+    from spectrum.scoring.checkpoint import cpu_count
 
     assert cpu_count() == len(os.sched_getaffinity(0))
     monkeypatch.delattr(os, "sched_getaffinity")  # as on macOS and Windows
@@ -134,7 +134,7 @@ def test_cores_are_counted_where_there_is_no_cpu_affinity(monkeypatch):
 
 
 def test_cuda_streams_come_from_the_environment(monkeypatch):
-    from spectrum.scanner import CUDA_STREAMS_ENV, cuda_streams
+    from spectrum.scoring.checkpoint import CUDA_STREAMS_ENV, cuda_streams
 
     monkeypatch.delenv(CUDA_STREAMS_ENV, raising=False)
     assert cuda_streams() == 1

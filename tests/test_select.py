@@ -4,10 +4,10 @@ from fractions import Fraction
 
 import pytest
 
-from spectrum import __version__
+from spectrum._version import __version__
 from spectrum.errors import UsageError
 from spectrum.scores import ModuleScore, Scores
-from spectrum.select import format_percent, keep_count, parse_top_percent, select_by_type
+from spectrum.selection.topk import format_percent, keep_count, parse_top_percent, select_by_type
 
 
 def test_parse_top_percent():
@@ -101,8 +101,8 @@ def test_scores_select_and_types():
 def test_regex_metacharacters_in_names_are_escaped_for_axolotl():
     """Axolotl compiles every entry as a regex (after escaping dots): a stored name with `|` would
     unfreeze everything, one with `[1]` nothing. Each entry matches its own module and no other."""
-    from spectrum.select import literal_entry, yaml_entries
-    from spectrum.trainer import axolotl_pattern
+    from spectrum.selection.topk import literal_entry, yaml_entries
+    from spectrum.selection.model_view import axolotl_pattern
 
     names = ["model.layers.0.mlp.c|", "model.layers.0.mlp.w[1]", "model.layers.0.mlp.(a)+b", "model.layers.0.mlp.x$",
              "model.layers.0.mlp.up_proj"]

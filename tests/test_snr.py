@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from reference import matrix_with_spectrum, reference_score, reference_score_from_values
-from spectrum.snr import score_from_singular_values, scores_from_singular_values
+from spectrum.scoring.snr import score_from_singular_values, scores_from_singular_values
 
 
 def spectra(k: int, rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -14,7 +14,7 @@ from huggingface_hub import save_torch_state_dict
 
 from conftest import run_cli, expect_cli_failure
 from spectrum.errors import CorruptCheckpointError, UnsupportedFormatError
-from spectrum.scanner import scan
+from spectrum.scoring.checkpoint import scan
 from spectrum.sources import open_source
 from spectrum.sources.safetensors import LocalSafetensorsSource
 from spectrum.sources.torch_bin import BIN_INDEX_FILE, TorchBinSource

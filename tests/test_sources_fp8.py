@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from conftest import run_cli
 from spectrum.errors import SpectrumError, UnsupportedFormatError
-from spectrum.scanner import scan, take_inventory
+from spectrum.scoring.checkpoint import scan, take_inventory
 from spectrum.sources import open_source
 
 # Shapes that are and are not multiples of the block, so edge blocks get cropped.

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from conftest import run_cli
 from spectrum.errors import SourceError, UnsupportedFormatError
-from spectrum.scanner import scan
+from spectrum.scoring.checkpoint import scan
 from spectrum.sources import open_source
 
 gguf = pytest.importorskip("gguf")
@@ -160,8 +160,8 @@ class TestRealSmolLM2:
     def test_check_builds_the_model_from_the_gguf_metadata(self, smollm2, tmp_path, meta_model):
         """No config.json beside a GGUF: `--check` reads the config from the GGUF itself (transformers' GGUF
         support) and every YAML entry matches a parameter of the model it builds."""
-        from spectrum.select import yaml_entries
-        from spectrum.trainer import unmatched_entries
+        from spectrum.selection.topk import yaml_entries
+        from spectrum.selection.model_view import unmatched_entries
 
         result = run_cli("--model", str(smollm2), "--check", "--top-percent", "25", "--output", "-", "--quiet",
                          cwd=tmp_path)

@@ -548,7 +548,7 @@ def test_broken_index(tmp_path, text, fragment):
 
 
 def test_scan_leaves_out_a_zero_size_matrix(tmp_path):
-    from spectrum.scanner import scan
+    from spectrum.scoring.checkpoint import scan
 
     path = tmp_path / "model.safetensors"
     save_file(

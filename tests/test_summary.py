@@ -7,7 +7,7 @@ from fractions import Fraction
 import pytest
 
 from spectrum.scores import ModuleScore, Scores
-from spectrum.summary import compact_ranges, summarize, summary_record
+from spectrum.report.summary import compact_ranges, summarize, summary_record
 
 
 @pytest.mark.parametrize(

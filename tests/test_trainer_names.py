@@ -14,9 +14,9 @@ from safetensors.torch import save_file
 from conftest import run_cli
 from reference import reference_score
 from spectrum.errors import SpectrumError
-from spectrum.scanner import scan
-from spectrum.select import yaml_entries
-from spectrum.trainer import axolotl_pattern, build_view, cached_view, checked_yaml, unmatched_entries
+from spectrum.scoring.checkpoint import scan
+from spectrum.selection.topk import yaml_entries
+from spectrum.selection.model_view import axolotl_pattern, build_view, cached_view, checked_yaml, unmatched_entries
 
 
 def small(family: str, layers: int = 2):
@@ -216,7 +216,7 @@ def test_check_without_a_config(tmp_path, minilm_dir):
     (None, 'transformers is not installed; the name check needs transformers 5 or newer: pip install -U "transformers>=5"'),
 ])
 def test_the_name_check_version_rule(version, problem):
-    from spectrum.trainer import name_check_version_problem
+    from spectrum.selection.model_view import name_check_version_problem
 
     assert name_check_version_problem(version) == problem
 
@@ -249,7 +249,7 @@ def test_views_are_cached_by_transformers_config_and_names(checkpoints, tmp_path
 
 
 def test_the_config_digest_leaves_out_names_dates_and_dtype_only():
-    from spectrum.trainer import CONFIG_KEYS_IGNORED, config_digest
+    from spectrum.selection.model_view import CONFIG_KEYS_IGNORED, config_digest
 
     base = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "num_hidden_layers": 2,
             "vocab_size": 128, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "eos_token_id": 2}
@@ -281,7 +281,7 @@ def test_the_model_built_during_the_scan_gives_the_same_view(checkpoints, tmp_pa
     built in place, torch's default dtype is left alone, and a config with a cached view builds nothing."""
     import torch
 
-    from spectrum.trainer import ModelBuild, start_model_build
+    from spectrum.selection.model_view import ModelBuild, start_model_build
 
     monkeypatch.setenv("SPECTRUM_CACHE", str(tmp_path / "cache"))
     folder = checkpoints["mixtral"]
@@ -298,7 +298,7 @@ def test_the_model_built_during_the_scan_gives_the_same_view(checkpoints, tmp_pa
 
 
 def test_an_unbuildable_model_built_in_the_background_gives_no_view(tmp_path, monkeypatch):
-    from spectrum.trainer import ModelBuild
+    from spectrum.selection.model_view import ModelBuild
 
     monkeypatch.setenv("SPECTRUM_CACHE", str(tmp_path / "cache"))
     (tmp_path / "config.json").write_text('{"model_type": "no-such-architecture", "architectures": ["NoSuchModel"]}')
@@ -361,7 +361,7 @@ def test_the_embedding_lines_name_the_language_models_embeddings():
         model = T.InstructBlipForConditionalGeneration(T.InstructBlipConfig(
             vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), text_config=text.to_dict(), num_query_tokens=4))
     from spectrum.scores import Scores
-    from spectrum.trainer import view_of_model
+    from spectrum.selection.model_view import view_of_model
 
     view = view_of_model(model, [])
     patterns = Scores("x", {}).embedding_patterns(view)
@@ -401,7 +401,7 @@ def test_a_tensor_converted_one_to_one_is_a_rename_not_a_fusion():
     one parameter, another layout. The YAML names the parameter's module under the checkpoint's type,
     with no "fused" note."""
     from spectrum.scores import ModuleScore, Scores
-    from spectrum.trainer import view_of_model
+    from spectrum.selection.model_view import view_of_model
 
     text = T.Ernie4_5_VLMoeTextConfig(vocab_size=64, hidden_size=256, intermediate_size=48, moe_intermediate_size=[16, 16],
                                       num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, moe_num_experts=2,

@@ -24,7 +24,7 @@ from .quantized import FP8_SCALE_SUFFIX, dequantize_fp8, fp8_block_size, read_co
 if TYPE_CHECKING:
     import torch
 
-    from ..host import StoredArray
+    from ..scoring.svd_numpy import StoredArray
 
 LOG = logging.getLogger("spectrum")
 
@@ -104,7 +104,7 @@ class SafetensorsFile:
 
     def read_array(self, info: TensorInfo) -> "StoredArray":
         """The tensor's bytes as NumPy, without torch; for the dtypes in `spectrum.host.HOST_DTYPES`."""
-        from ..host import StoredArray
+        from ..scoring.svd_numpy import StoredArray
 
         return StoredArray.from_bytes(self._bytes(info), info.dtype, info.shape)
 

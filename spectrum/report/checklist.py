@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
 def parse_toggles(answer: str, count: int) -> set[int] | str:

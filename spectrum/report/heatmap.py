@@ -10,8 +10,8 @@ import io
 import math
 from dataclasses import dataclass
 
-from .errors import SpectrumError
-from .naming import layer_index
+from ..errors import SpectrumError
+from ..naming import layer_index
 from .summary import TypeSummary
 
 MISSING_MATPLOTLIB = ("spectrum report needs matplotlib, an optional extra: pip install 'spectrum-snr[plot]' "

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Callable
 
-from .errors import SpecialFileError
-from .files import read_regular, read_regular_text
+from ..errors import SpecialFileError
+from ..files import read_regular, read_regular_text
 
 LOG = logging.getLogger("spectrum")
 
@@ -80,7 +80,7 @@ def overreaching_entries(entries: list[str], parameter_names: list[str]) -> dict
     """Entries that are a plain name but also unfreeze parameters outside it under Axolotl's rule
     (`model.layers.2.mlp.up` matches `model.layers.2.mlp.up_proj.weight`): entry -> those parameters.
     What an entry owns is what `select.belongs_to` says; real regular expressions are not judged."""
-    from .select import NameIndex, belongs_to
+    from .topk import NameIndex, belongs_to
 
     index = NameIndex(parameter_names)
     found: dict[str, list[str]] = {}
@@ -212,7 +212,7 @@ def _config_key(config_path: str) -> str | None:
     try:
         transformers_version = metadata.version("transformers")
         if config_path.endswith(".gguf"):  # a large file: its sampled digest stands for its metadata
-            from .sources.base import sample_digest
+            from ..sources.base import sample_digest
 
             digest = sample_digest(config_path)
         else:
@@ -233,8 +233,8 @@ def cached_view(config_path: str, tensor_names: list[str], *, build: ModelBuild 
     `build`: this config's model, already being built (`start_model_build`), for a cache miss.
     A view that cannot be read from or written to the cache is simply built again.
     """
-    from .cache import atomic_write_text
-    from .errors import CacheError
+    from ..cache.scores_file import atomic_write_text
+    from ..errors import CacheError
 
     config_key = _config_key(config_path)
     path = None
@@ -337,7 +337,7 @@ def _gguf_file(model: str) -> str | None:
     if os.path.isfile(expanded):
         return expanded if expanded.endswith(".gguf") else None
     if os.path.isdir(expanded):
-        from .sources.local import gguf_files_in
+        from ..sources.local import gguf_files_in
 
         found = gguf_files_in(expanded)
         return os.path.join(expanded, found[0]) if len(found) == 1 else None
@@ -567,8 +567,8 @@ def checked_yaml(
             selection holds no module (`top_percent` too small for every type), or `check=True` and the
             model cannot be built.
     """
-    from .errors import SpectrumError
-    from .select import yaml_entries
+    from ..errors import SpectrumError
+    from .topk import yaml_entries
 
     view = None
     if check is not False:
@@ -632,8 +632,8 @@ def check_selection_keeps_modules(scores, top_percent, *, types: set[str] | None
     of every type (counted as the YAML ranks them: a fused expert tensor is one)."""
     from fractions import Fraction
 
-    from .errors import SpectrumError
-    from .select import format_percent, keep_count, parse_top_percent, smallest_percent_keeping_one
+    from ..errors import SpectrumError
+    from .topk import format_percent, keep_count, parse_top_percent, smallest_percent_keeping_one
 
     percent = top_percent if isinstance(top_percent, Fraction) else parse_top_percent(top_percent)
     counts = scores.type_counts(types, view=view, group_experts=group_experts)

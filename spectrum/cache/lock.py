@@ -21,7 +21,7 @@ import re
 import stat
 from typing import Callable
 
-from .errors import CacheError
+from ..errors import CacheError
 
 LOCK_SUFFIX = ".lock"
 
@@ -166,7 +166,7 @@ def _holds_a_pid_only(fd: int) -> bool:
 
 
 def _kind(mode: int) -> str:
-    from .files import kind_of
+    from ..files import kind_of
 
     return kind_of(mode)
 

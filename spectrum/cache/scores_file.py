@@ -30,10 +30,10 @@ import sys
 import tempfile
 import time
 
-from .errors import CacheError, SpectrumError
-from .files import kind_of, read_regular_text
-from .naming import slug
-from .scores import ModuleScore, Scores
+from ..errors import CacheError, SpectrumError
+from ..files import kind_of, read_regular_text
+from ..naming import slug
+from ..scores import ModuleScore, Scores
 
 DEFAULT_CACHE_DIR = "model_snr_results"
 

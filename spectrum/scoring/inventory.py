@@ -8,10 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .naming import is_input_embedding, is_layer_module, is_output_head, module_name, module_type, stack_of
-from .sources.base import TensorInfo
-from .sources.quantized import FP8_SCALE_SUFFIX
-from .sources.safetensors import FLOAT_DTYPES, FP8_DTYPES
+from ..naming import is_input_embedding, is_layer_module, is_output_head, module_name, module_type, stack_of
+from ..sources.base import TensorInfo
+from ..sources.quantized import FP8_SCALE_SUFFIX
+from ..sources.safetensors import FLOAT_DTYPES, FP8_DTYPES
 
 TypeFilter = Callable[[str], bool]
 

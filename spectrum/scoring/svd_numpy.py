@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import UsageError
+from ..errors import UsageError
 
 METHODS = ("auto", "gram", "svd")
 NUMPY_EIGVALSH_BELOW = 2048  # CPU: NumPy's (OpenBLAS) eigvalsh is faster below this size, torch's (MKL) from it up

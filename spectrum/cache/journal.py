@@ -30,12 +30,12 @@ import stat
 import time
 from typing import Mapping
 
-from . import __version__
-from .cache import atomic_write_text
-from .errors import CacheError
-from .files import kind_of, read_regular
-from .scores import ModuleScore
-from .sources.base import SourceDescription
+from .._version import __version__
+from .scores_file import atomic_write_text
+from ..errors import CacheError
+from ..files import kind_of, read_regular
+from ..scores import ModuleScore
+from ..sources.base import SourceDescription
 
 LOG = logging.getLogger("spectrum")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
-from .cache import DEFAULT_CACHE_DIR, read_scores, scores_path
-from .errors import CacheError
-from .scores import Scores
+from .scores_file import DEFAULT_CACHE_DIR, read_scores, scores_path
+from ..errors import CacheError
+from ..scores import Scores
 
 
 def load_scores(path_or_model: str | os.PathLike, *, cache_dir: str = DEFAULT_CACHE_DIR) -> Scores:

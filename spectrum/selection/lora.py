@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .select import literal_entry
+from .topk import literal_entry
 
 
 def module_entry(name: str) -> str:
@@ -231,8 +231,8 @@ def lora_targets(selection, top_percent=None, *, model=None, embeddings: bool = 
             parameter, or a selection form that needs `model`.
     """
     from .freeze import _patterns, _view_of
-    from .scores import Scores
-    from .select import parse_top_percent
+    from ..scores import Scores
+    from .topk import parse_top_percent
 
     import os
 
@@ -240,7 +240,7 @@ def lora_targets(selection, top_percent=None, *, model=None, embeddings: bool = 
     if isinstance(selection, Scores):
         scores = selection
     elif isinstance(selection, (str, os.PathLike)) and top_percent is not None:
-        from .results import load_scores
+        from ..cache.lookup import load_scores
 
         scores = load_scores(os.fspath(selection))
     if scores is not None:
@@ -287,7 +287,7 @@ def lora_targets(selection, top_percent=None, *, model=None, embeddings: bool = 
 def _owners(patterns: list[str], layout: ModelLayout) -> list[str]:
     """The modules (or parameters of their own) whose parameters `unfrozen_parameters` entries unfreeze
     under Axolotl's rule, in the model's order."""
-    from .trainer import axolotl_pattern
+    from .model_view import axolotl_pattern
 
     compiled = [axolotl_pattern(entry) for entry in patterns]
     owners: list[str] = []
@@ -302,7 +302,7 @@ def _owners(patterns: list[str], layout: ModelLayout) -> list[str]:
 def built_for(scores, model: str, revision: str | None = None):
     """(the model built on the meta device from the checkpoint's config.json, its trainer view), or
     None when no config is found or transformers cannot build it."""
-    from .trainer import _build_model, find_config, view_of_model
+    from .model_view import _build_model, find_config, view_of_model
 
     config = find_config(model, revision)
     if config is None:
@@ -323,7 +323,7 @@ def checkpoint_targets(scores, top_percent, *, model: str, revision: str | None 
         SpectrumError: `check=True` and the model cannot be built; a selected name the model lacks;
             nothing selected.
     """
-    from .errors import SpectrumError
+    from ..errors import SpectrumError
 
     built = None if check is False else built_for(scores, model, revision)
     if built is None and check:
@@ -351,7 +351,7 @@ def checkpoint_targets(scores, top_percent, *, model: str, revision: str | None 
 
 def render_lora_yaml(targets: LoraTargets, *, header: str) -> str:
     """Axolotl's `lora_target_modules:` (and `lora_target_parameters:` when there are any)."""
-    from .select import _comment, _scalar
+    from .topk import _comment, _scalar
 
     lines = [f"# {_comment(line)}" for line in header.splitlines()]
     lines.append("lora_target_modules:")
@@ -397,9 +397,9 @@ def selection_text(scores, top_percent, unfrozen_yaml: str, *, model: str, name:
     - both: the LoRA targets as one module regex for PEFT's string `target_modules`, when one regex
       can say it (no fused parameters, and a model PEFT does not rewrite a regex on).
     """
-    from . import __version__
-    from .errors import SpectrumError
-    from .select import format_percent, yaml_entries
+    from .._version import __version__
+    from ..errors import SpectrumError
+    from .topk import format_percent, yaml_entries
 
     if not lora:
         names = [_entry_name(entry) for entry in yaml_entries(unfrozen_yaml)]

@@ -24,8 +24,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import UsageError
-from .host import NUMPY_EIGVALSH_BELOW, SAFE_EXPONENT, StoredArray, gram_matrix, values_from_gram
+from ..errors import UsageError
+from .svd_numpy import NUMPY_EIGVALSH_BELOW, SAFE_EXPONENT, StoredArray, gram_matrix, values_from_gram
 
 
 def resolve_device(name: str) -> torch.device:

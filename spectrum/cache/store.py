@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from .cache import (
+from .scores_file import (
     SIDECAR_MISMATCH,
     overlong_name,
     plugin_text_differs,
@@ -34,18 +34,18 @@ from .cache import (
     scores_path,
     write_scores,
 )
-from .distributed import World
-from .errors import NoMatrixError, SpecialFileError, SpectrumError, UsageError, WeightsChangedError
-from .files import read_regular_text
+from ..scoring.distributed import World
+from ..errors import NoMatrixError, SpecialFileError, SpectrumError, UsageError, WeightsChangedError
+from ..files import read_regular_text
 from .journal import PARTIAL_SUFFIX, PartialScan, ScanInterrupted, partial_path
 from .lock import EntryLock, lock_path
-from .scores import Scores
-from .sources.base import ShardInfo, require_model, sample_digest, shown
-from .naming import natural_key
-from .thresholds import DEFAULT_THRESHOLD
+from ..scores import Scores
+from ..sources.base import ShardInfo, require_model, sample_digest, shown
+from ..naming import natural_key
+from ..scoring.thresholds import DEFAULT_THRESHOLD
 
 if TYPE_CHECKING:  # the scanner imports torch: loaded only when a scan runs
-    from .scanner import ProgressCallback, TypeFilter
+    from ..scoring.checkpoint import ProgressCallback, TypeFilter
 
 LOG = logging.getLogger("spectrum")
 
@@ -117,7 +117,7 @@ def load_or_scan(
             on_progress(done, count, nbytes)
 
     def fresh(wanted: TypeFilter | None, journal: PartialScan | None) -> Scores:
-        from .scanner import scan
+        from ..scoring.checkpoint import scan
 
         scores = scan(model, revision=revision, type_filter=wanted, method=method, device=device, threads=threads,
                       keep_shards=keep_shards, threshold=threshold, on_progress=progress, journal=journal)
@@ -310,7 +310,7 @@ def _names_commit(revision: str, recorded: object) -> bool:
 
 def _local_shards(path: str) -> list[ShardInfo] | None:
     """Each weight file of a local model (name, size, mtime), from a listing; None when it cannot be opened."""
-    from .sources.local import open_local
+    from ..sources.local import open_local
 
     try:
         source = open_local(path)

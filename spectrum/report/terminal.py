@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .naming import printable
+from ..naming import printable
 from .summary import TypeSummary
 
 console = Console(stderr=True, highlight=False)

@@ -27,9 +27,9 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from .errors import SpectrumError, UsageError
-from .select import belongs_to
-from .trainer import axolotl_pattern
+from ..errors import SpectrumError, UsageError
+from .topk import belongs_to
+from .model_view import axolotl_pattern
 
 PLUGIN = "axolotl.integrations.spectrum.SpectrumPlugin"
 PLUGIN_FOLDER = "model_snr_results"
@@ -152,7 +152,7 @@ def check_unfrozen(entries: list, parameters: list[str], modules: set[str], *, s
 
 def plugin_entries(config: dict, base: str, directory: str) -> tuple[list[str], list[str] | None]:
     """(problems, the `unfrozen_parameters` the Spectrum plugin would set; None when it sets none)."""
-    from .naming import slug as slug_of
+    from ..naming import slug as slug_of
 
     name = config.get("spectrum_model_name") or base
     slug = slug_of(str(name))
@@ -278,7 +278,7 @@ def check_lora(config: dict, layout, model) -> tuple[list[str], list[str], list[
 def verify(config: dict, *, source: str, directory: str = ".") -> Verdict:
     """Check an Axolotl config (a parsed mapping) against the model its `base_model` names."""
     from .lora import layout_of
-    from .trainer import _build_model
+    from .model_view import _build_model
 
     base = config.get("base_model")
     if not isinstance(base, str) or not base:

@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 from statistics import median
 
-from .naming import layer_index
-from .scores import Scores
-from .select import ParameterNames, entry_names, format_percent, parse_top_percent, select_by_type, trainer_entries
+from ..naming import layer_index
+from ..scores import Scores
+from ..selection.topk import ParameterNames, entry_names, format_percent, parse_top_percent, select_by_type, trainer_entries
 
 
 @dataclass(frozen=True)

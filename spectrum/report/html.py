@@ -13,11 +13,11 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from . import __version__
-from .cache import write_output_bytes
-from .plot import heatmap_grid, heatmap_png
-from .scores import Scores
-from .select import format_percent, parse_top_percent
+from .._version import __version__
+from ..cache.scores_file import write_output_bytes
+from .heatmap import heatmap_grid, heatmap_png
+from ..scores import Scores
+from ..selection.topk import format_percent, parse_top_percent
 from .summary import TypeSummary, compact_ranges, summarize
 
 _STYLE = """

@@ -14,9 +14,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Union
 
-from .scores import Scores
-from .select import NameIndex, entry_for, format_percent, parse_top_percent, smallest_percent_keeping_one
-from .trainer import TrainerView, axolotl_pattern, view_of_model
+from ..scores import Scores
+from .topk import NameIndex, entry_for, format_percent, parse_top_percent, smallest_percent_keeping_one
+from .model_view import TrainerView, axolotl_pattern, view_of_model
 
 Selection = Union[Scores, str, "os.PathLike[str]", dict, Iterable[str]]
 
@@ -127,7 +127,7 @@ def freeze(model, selection: Selection, top_percent: float | str | None = None, 
 def _patterns(model, selection: Selection, top_percent, *, embeddings: bool, group_experts: bool) -> list[str]:
     """The entries to apply, from whichever form the selection takes."""
     if isinstance(selection, (str, os.PathLike)) and top_percent is not None:
-        from .results import load_scores
+        from ..cache.lookup import load_scores
 
         selection = load_scores(os.fspath(selection))
     if isinstance(selection, Scores):

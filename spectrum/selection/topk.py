@@ -10,8 +10,8 @@ from fractions import Fraction
 from statistics import fmean
 from typing import Iterable, Protocol
 
-from .errors import UsageError
-from .naming import module_type, printable, stack_of, without_expert_index
+from ..errors import UsageError
+from ..naming import module_type, printable, stack_of, without_expert_index
 
 DEFAULT_EMBEDDING_PATTERNS = ("^lm_head.weight$", "^model.embed_tokens.weight$")
 _REGEX_SPECIAL = frozenset("^$*+?{}[]\\|()")  # regex metacharacters but the dot, which Axolotl escapes itself

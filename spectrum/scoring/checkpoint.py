@@ -16,20 +16,20 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
-from . import __version__
+from .._version import __version__
 from .distributed import World, gather, join, share
-from .errors import NoMatrixError, SpectrumError, UnsupportedFormatError, UsageError, WeightsChangedError
-from .host import HOST_DTYPES, NUMPY_EIGVALSH_BELOW, cpu_threads_limited, keep_gram_buffers, resolve_method
-from .host import singular_values as host_singular_values
+from ..errors import NoMatrixError, SpectrumError, UnsupportedFormatError, UsageError, WeightsChangedError
+from .svd_numpy import HOST_DTYPES, NUMPY_EIGVALSH_BELOW, cpu_threads_limited, keep_gram_buffers, resolve_method
+from .svd_numpy import singular_values as host_singular_values
 from .inventory import Inventory, Matrix, TypeFilter, default_type_filter, take_inventory  # noqa: F401 (re-exported)
-from .naming import is_layer_module, module_name, module_type, natural_key, without_expert_index
-from .scores import ModuleScore, Scores
+from ..naming import is_layer_module, module_name, module_type, natural_key, without_expert_index
+from ..scores import ModuleScore, Scores
 from .pipeline import Batcher, Item, Reader, run_batches
 from .snr import DEFAULT_THRESHOLD, scores_from_singular_values
-from .sources import TensorSource, open_source
-from .sources.base import ShardInfo, SourceDescription, TensorInfo, sample_digest
-from .sources.quantized import FP8_SCALE_SUFFIX
-from .sources.safetensors import DTYPE_SIZES
+from ..sources import TensorSource, open_source
+from ..sources.base import ShardInfo, SourceDescription, TensorInfo, sample_digest
+from ..sources.quantized import FP8_SCALE_SUFFIX
+from ..sources.safetensors import DTYPE_SIZES
 
 if TYPE_CHECKING:
     import torch
@@ -202,7 +202,7 @@ def scan_source(
     else:
         import torch
 
-        from .engine import resolve_device, singular_values
+        from .svd_torch import resolve_device, singular_values
 
         compute_device = resolve_device(device)
     description = source.describe()  # before any weight is read: what the scores will be of

@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import Sequence, TypeVar
 
-from .errors import SpectrumError, UsageError
+from ..errors import SpectrumError, UsageError
 
 T = TypeVar("T")
 
