@@ -7,7 +7,7 @@ One thread each (the scan runs one single-threaded worker per core). For a k x k
 OpenBLAS computes as `syrk`, one triangle), and `eigvalsh` of the result in each, plus LAPACK's
 two-stage eigenvalue driver (`dsyevd_2stage`, eigenvalues only) from the OpenBLAS inside NumPy's
 wheel where that library exports it. It prints a Markdown table of the fastest of `--repeats` runs;
-`spectrum.engine` follows what it shows (benchmarks/METHODS.md).
+`spectrum.scoring.svd_torch` follows what it shows (benchmarks/METHODS.md).
 """
 
 from __future__ import annotations

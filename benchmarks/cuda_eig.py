@@ -8,7 +8,7 @@ tridiagonal reduction is thousands of small steps), and torch loops over a batch
 time for n > 32, so one stream may leave most of the GPU idle. This times `--count` Gram matrices
 of `--size` through:
 
-- loop: one `torch.linalg.eigvalsh` per matrix, on the default stream (what `spectrum.engine` does);
+- loop: one `torch.linalg.eigvalsh` per matrix, on the default stream (what `spectrum.scoring.svd_torch` does);
 - batched: one call on the (count, n, n) stack;
 - magma: the loop with `torch.backends.cuda.preferred_linalg_library("magma")`;
 - streams K: K threads, each with its own CUDA stream, splitting the matrices between them.
@@ -100,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|---:|")
     reference_s, reference = timed(lambda: loop(grams), device)
     scale = float(reference.abs().max())
-    variants = [("loop (spectrum.engine)", lambda: loop(grams)), ("batched call", lambda: torch.linalg.eigvalsh(grams))]
+    variants = [("loop (spectrum.scoring.svd_torch)", lambda: loop(grams)), ("batched call", lambda: torch.linalg.eigvalsh(grams))]
     variants += [(f"streams {count}", lambda count=count: with_streams(grams, count)) for count in args.streams]
-    rows = [("loop (spectrum.engine), first run", reference_s, reference)]
+    rows = [("loop (spectrum.scoring.svd_torch), first run", reference_s, reference)]
     for name, function in variants:
         seconds, values = timed(function, device)
         rows.append((name, seconds, values))

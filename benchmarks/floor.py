@@ -3,7 +3,7 @@
     python3 benchmarks/floor.py CASE|DIR [--threads N] [--repeats 1]
 
 Lists the matrices a default scan of the checkpoint scores (its headers only), times one matrix
-of each distinct shape through `spectrum.engine.singular_values` (the Gram route on CPU, one
+of each distinct shape through `spectrum.scoring.svd_torch.singular_values` (the Gram route on CPU, one
 single-threaded call, as a scan worker runs it; random bf16 values cost the same as trained
 ones), and prints a Markdown table: per shape, the count, seconds per matrix and core-seconds;
 then the sum, and the floor = sum / N workers, the shortest a scan with N workers can take here.

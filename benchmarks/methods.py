@@ -2,7 +2,7 @@
 
     python3 benchmarks/methods.py [--threads 1] [--repeats 3] [--device cpu|cuda]
 
-Times `spectrum.engine.singular_values` for "gram" (float64 Gram, one triangle) and "svd"
+Times `spectrum.scoring.svd_torch.singular_values` for "gram" (float64 Gram, one triangle) and "svd"
 (float64 SVD, tall orientation) on the shapes of real models, plus the reference's float32
 `svdvals` on the stored orientation for comparison; prints a Markdown table of medians.
 """

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from reference import reference_score
-from spectrum import host
+from spectrum.scoring import svd_numpy as host
 from spectrum.scoring.svd_torch import singular_values
 from spectrum.scoring.svd_numpy import StoredArray, gram_matrix, keep_gram_buffers
 from spectrum.scoring.snr import scores_from_singular_values

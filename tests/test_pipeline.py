@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from spectrum import engine
+from spectrum.scoring import svd_torch as engine
 from spectrum.errors import CorruptCheckpointError
 from spectrum.scoring.svd_numpy import cpu_threads_limited
 from spectrum.scoring.pipeline import Batcher, Item, Reader, run_batches
@@ -109,7 +109,7 @@ def test_a_failed_scan_leaves_no_reader_running(tmp_path, monkeypatch):
     caller, which closes the source next, the reader thread has stopped reading."""
     import threading
 
-    from spectrum import scanner
+    from spectrum.scoring import checkpoint as scanner
 
     save_file({f"model.layers.{i}.mlp.p.weight": torch.randn(64, 32) for i in range(40)}, str(tmp_path / "model.safetensors"))
     calls = []

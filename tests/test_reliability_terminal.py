@@ -262,7 +262,7 @@ def test_running_out_of_memory_is_one_line(tmp_path, hostile_model, monkeypatch)
     def exhausted(*_args, **_kwargs):
         raise MemoryError()
 
-    monkeypatch.setattr(spectrum.host, "values_from_gram", exhausted)
+    monkeypatch.setattr(spectrum.scoring.svd_numpy, "values_from_gram", exhausted)
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         code = main(["--model", str(hostile_model), "--no-check", "--quiet", "--cache-dir", str(tmp_path / "c"),

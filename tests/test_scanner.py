@@ -74,7 +74,7 @@ def test_sharded_bf16_checkpoint(tiny_llama_dir, method):
 
 
 def test_the_two_cpu_routes_give_the_same_scores(tiny_llama_dir, minilm_dir, monkeypatch):
-    """Safetensors on CPU go through NumPy without torch (`spectrum.host`); the same checkpoint read
+    """Safetensors on CPU go through NumPy without torch (`spectrum.scoring.svd_numpy`); the same checkpoint read
     as torch tensors (the route of GGUF, .bin and FP8) scores the same."""
     from spectrum.sources.safetensors import ShardedSafetensors
 

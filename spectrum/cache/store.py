@@ -6,12 +6,12 @@ It is also where a cache entry is kept whole when scans are interrupted or run s
 - **Validity**: the sidecar records what the scores were computed from. A local folder whose
   shards changed (names or sizes), or a Hub id whose revision now points to another commit in
   the local Hugging Face cache, is reported and scanned again instead of reused. A local shard
-  that changes while it is scanned (`spectrum.scanner` compares it with the file as the scan
+  that changes while it is scanned (`spectrum.scoring.checkpoint` compares it with the file as the scan
   started) fails the scan: nothing is cached and the partial scan is discarded.
 - **Resume**: a scan commits each score to `snr_results_<slug>.partial.jsonl` as it comes
-  (`spectrum.journal`); an interrupted scan resumes from it, and it is deleted once the scores
+  (`spectrum.cache.journal`); an interrupted scan resumes from it, and it is deleted once the scores
   file is written. Axolotl never reads it: it is not named like a scores file.
-- **Concurrency**: a scan holds the entry's lock (`spectrum.lock`) from the cache decision to the
+- **Concurrency**: a scan holds the entry's lock (`spectrum.cache.lock`) from the cache decision to the
   rename of the scores file into place. A second process scanning the same model into the same
   folder waits, then reuses the first one's result. Readers need no lock: every file is replaced
   by an atomic rename.

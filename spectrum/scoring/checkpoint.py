@@ -42,7 +42,7 @@ _worker_stream = threading.local()  # a CUDA worker's own stream, when a scan is
 
 class Journal(Protocol):
     """Where a scan commits its scores as they come, so that an interrupted scan can resume
-    (`spectrum.journal.PartialScan` keeps them beside the cache)."""
+    (`spectrum.cache.journal.PartialScan` keeps them beside the cache)."""
 
     def begin(self, description: SourceDescription, method: str) -> Mapping[str, ModuleScore]:
         """Called once the matrices are chosen: the scores an interrupted scan of the same weights
@@ -74,7 +74,7 @@ def cuda_ruled_out() -> bool:
 
 
 def _host_route(source: TensorSource, matrices: list[Matrix], device: str, method: str) -> bool:
-    """Whether these matrices are scored without torch (`spectrum.host`): on CPU, by the Gram route
+    """Whether these matrices are scored without torch (`spectrum.scoring.svd_numpy`): on CPU, by the Gram route
     (`method` as resolved), from a source that reads NumPy arrays, in the dtypes NumPy reads, all
     under the size where torch's eigvalsh becomes the faster one."""
     on_cpu = device == "cpu" or (device == "auto" and cuda_ruled_out())

@@ -4,7 +4,7 @@ A CPU scan of safetensors weights in float64/32/16 or bfloat16 whose matrices ar
 on their short side (where NumPy's OpenBLAS `eigvalsh` is the faster one) never imports torch:
 the bytes are read into NumPy, converted to float64 a block at a time, and each block's Gram
 matrix is one OpenBLAS `syrk`. That saves torch's import (about 2 s and 200 MB here) on every
-such scan. `spectrum.engine` uses the same blocked Gram matrix for torch tensors on CPU.
+such scan. `spectrum.scoring.svd_torch` uses the same blocked Gram matrix for torch tensors on CPU.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def singular_values(matrix: StoredArray) -> np.ndarray | None:
     column, then is not finite).
 
     Uses NumPy's `eigvalsh`: meant for k < NUMPY_EIGVALSH_BELOW, where it is the faster library
-    (`spectrum.engine` takes torch's from there up). The caller limits OpenBLAS to one thread.
+    (`spectrum.scoring.svd_torch` takes torch's from there up). The caller limits OpenBLAS to one thread.
     """
     if matrix.dtype == "F64":
         largest = _largest_magnitude(matrix.values)

@@ -1,12 +1,12 @@
 """Singular values of a stack of same-shape torch tensors, on one device (CUDA, or CPU for sources
 that read torch tensors and for matrices of 2048 and more; the rest of CPU scans use
-`spectrum.host`, without torch).
+`spectrum.scoring.svd_numpy`, without torch).
 
 Two exact methods:
 - "gram": eigenvalues of the float64 Gram matrix of the smaller side, S = sqrt(max(lambda, 0)).
   The float32 weights are exact in float64, so the result agrees with a float64 SVD to
   about 1e-13 relative, and on CPU it is several times faster than an SVD.
-  On CPU the Gram matrix is `spectrum.host.gram_matrix`: summed over blocks of about 64 MB of
+  On CPU the Gram matrix is `spectrum.scoring.svd_numpy.gram_matrix`: summed over blocks of about 64 MB of
   float64, one NumPy `syrk` each (OpenBLAS builds one triangle: half the flops, and about 2x
   faster here than torch's matmul, whose MKL takes a generic path on AMD CPUs); its
   eigenvalues come from NumPy's `eigvalsh` below 2048 rows and torch's (MKL) from 2048 up, the
@@ -74,7 +74,7 @@ def singular_values(stack: torch.Tensor, *, method: str = "gram", device: torch.
 
 def _extreme_exponents(stack: torch.Tensor) -> torch.Tensor | None:
     """(N,) binary exponents of float64 matrices whose squares would leave float64's range, 0 for the
-    others (see `spectrum.host.extreme_exponent`); None when there is none."""
+    others (see `spectrum.scoring.svd_numpy.extreme_exponent`); None when there is none."""
     if stack.dtype != torch.float64 or stack.numel() == 0:
         return None
     largest = stack.abs().amax(dim=(-2, -1))  # (N,)
@@ -125,7 +125,7 @@ def _gram_values_cpu(matrix: torch.Tensor) -> torch.Tensor:
     The caller limits OpenBLAS to one thread per call (`cpu_threads_limited`): parallelism comes
     from the workers.
     """
-    gram = gram_matrix(_stored_array(matrix))  # (k, k), k = min(m, n), in blocks (spectrum.host)
+    gram = gram_matrix(_stored_array(matrix))  # (k, k), k = min(m, n), in blocks (spectrum.scoring.svd_numpy)
     if gram.shape[0] < NUMPY_EIGVALSH_BELOW:
         return torch.from_numpy(values_from_gram(gram).copy())
     eigenvalues = torch.linalg.eigvalsh(torch.from_numpy(gram))  # ascending; copies: the buffer stays intact

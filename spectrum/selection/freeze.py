@@ -73,7 +73,7 @@ def freeze(model, selection: Selection, top_percent: float | str | None = None, 
         group_experts: with scores, rank all experts of one MoE projection together.
 
     With scores, a selected name that is a prefix of another parameter's (`mlp.up` beside `mlp.up_proj`)
-    is anchored so that it unfreezes its own module only (`spectrum.select.entry_for`). A selection that
+    is anchored so that it unfreezes its own module only (`spectrum.selection.topk.entry_for`). A selection that
     keeps no module, or leaves no parameter trainable, is named in a `UserWarning`.
 
     Returns:

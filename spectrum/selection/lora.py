@@ -27,7 +27,7 @@ from .topk import literal_entry
 
 def module_entry(name: str) -> str:
     """One module's `unfrozen_parameters` entry. The single place where a module becomes an entry
-    here, so that it can follow whatever rule `spectrum.select` settles on for entries that must
+    here, so that it can follow whatever rule `spectrum.selection.topk` settles on for entries that must
     match only their own module."""
     return literal_entry(name)
 

@@ -140,7 +140,7 @@ def select_by_type(
 
 
 class ParameterNames(Protocol):
-    """What selection needs of the trainer's model (see `spectrum.trainer.TrainerView`)."""
+    """What selection needs of the trainer's model (see `spectrum.selection.model_view.TrainerView`)."""
 
     parameters: dict[str, tuple[int, ...]]
     fused: set[str]

@@ -103,7 +103,7 @@ class SafetensorsFile:
         return torch.frombuffer(self._bytes(info), dtype=stored).reshape(info.shape)
 
     def read_array(self, info: TensorInfo) -> "StoredArray":
-        """The tensor's bytes as NumPy, without torch; for the dtypes in `spectrum.host.HOST_DTYPES`."""
+        """The tensor's bytes as NumPy, without torch; for the dtypes in `spectrum.scoring.svd_numpy.HOST_DTYPES`."""
         from ..scoring.svd_numpy import StoredArray
 
         return StoredArray.from_bytes(self._bytes(info), info.dtype, info.shape)
