@@ -32,17 +32,20 @@ _LAZY = {
     "Scores": "scores",
     "Unfrozen": "selection.freeze",
     "freeze": "selection.freeze",
-    "lora_targets": "selection.lora",
+    "lora_targets": "workflow",
     "write_report": "report.html",
     "TypeSummary": "report.summary",
     "compact_ranges": "report.summary",
     "summarize": "report.summary",
-    "THRESHOLDS": "scoring.thresholds",
+    "THRESHOLDS": "scores",
     "scan": "scoring.checkpoint",
     "score_from_singular_values": "scoring.snr",
     "scores_from_singular_values": "scoring.snr",
-    "Outcome": "cache.store",
-    "load_or_scan": "cache.store",
+    "Outcome": "workflow",
+    "ScanOptions": "workflow",
+    "RunResult": "workflow",
+    "run": "workflow",
+    "load_or_scan": "workflow",
 }
 
 
@@ -64,16 +67,16 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from .cache.lookup import load_scores
     from .cache.scores_file import read_scores, scores_path, write_scores
-    from .cache.store import Outcome, load_or_scan
+    from .workflow import Outcome, RunResult, ScanOptions, load_or_scan, run
     from .errors import CacheError, CorruptCheckpointError, SourceError, SpectrumError, UsageError
     from .report.html import write_report
     from .report.summary import TypeSummary, compact_ranges, summarize
     from .scoring.checkpoint import scan
     from .scoring.snr import score_from_singular_values, scores_from_singular_values
-    from .scoring.thresholds import THRESHOLDS
+    from .scores import THRESHOLDS
     from .scores import ModuleScore, Scores
     from .selection.freeze import Unfrozen, freeze
-    from .selection.lora import lora_targets
+    from .workflow import lora_targets
 
 __all__ = [
     "__version__",
@@ -87,6 +90,9 @@ __all__ = [
     "TypeSummary",
     "compact_ranges",
     "THRESHOLDS",
+    "run",
+    "ScanOptions",
+    "RunResult",
     "load_or_scan",
     "Outcome",
     "Scores",

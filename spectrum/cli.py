@@ -9,15 +9,17 @@ import math
 import os
 import re
 import sys
-import time
 import traceback
+from dataclasses import replace
 from fractions import Fraction
 
+from . import workflow
 from ._version import __version__
-from .cache.scores_file import DEFAULT_CACHE_DIR, output_target, overlong_name, scores_path, write_output_text
-from .scoring.distributed import World, leave
+from .cache.entry import DEFAULT_CACHE_DIR, CacheEntry
+from .cache.scores_file import output_target, overlong_name
+from .cache.staleness import check_entry_names
 from .errors import SpectrumError, UsageError
-from .naming import compile_type_patterns, printable, type_matches
+from .naming import printable, shown, type_matches
 from .report.terminal import (
     ask,
     console,
@@ -28,14 +30,11 @@ from .report.terminal import (
     print_summary,
     scan_progress,
 )
-from .scoring.inventory import default_type_filter, take_inventory
+from .scores import DEFAULT_THRESHOLD, THRESHOLDS
+from .scoring.distributed import World, leave
+from .scoring.inventory import default_type_filter
 from .selection.topk import format_percent, parse_top_percent
-from .scoring.thresholds import DEFAULT_THRESHOLD, THRESHOLDS
-from .sources import open_source
-from .sources.base import check_revision, looks_like_hub_id, shown
-from .cache.store import check_entry_names, left_out, load_or_scan, refresh_plugin_file
-from .report.summary import summarize, summary_record
-from .selection.model_view import ModelBuild, checked_yaml, start_model_build
+from .sources.resolve import check_revision, looks_like_hub_id
 
 LOG = logging.getLogger("spectrum")
 
@@ -83,8 +82,23 @@ class _MainParser(_Parser):
         return parsed
 
 
+def _cache_parent() -> argparse.ArgumentParser:
+    """--cache-dir, shared by the commands that read or write the cache."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, metavar="DIR",
+                        help="folder of the scores files (default: ./model_snr_results, where Axolotl looks)")
+    return parent
+
+
+def _debug_parent() -> argparse.ArgumentParser:
+    """--debug, shared by every command."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--debug", action="store_true", help="show tracebacks (also SPECTRUM_DEBUG=1)")
+    return parent
+
+
 # Usage lines (argparse %-formats usage, not the raw description): the scan and the subcommand.
-USAGE = ("%(prog)s --model MODEL [options]\n       %(prog)s report MODEL [options]\n"
+USAGE = ("%(prog)s [scan] --model MODEL [options]\n       %(prog)s report MODEL [options]\n"
          "       %(prog)s verify CONFIG.yml | --model MODEL FILE.yaml")
 
 
@@ -96,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         "top K% per module type as an Axolotl `unfrozen_parameters:` list.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_cache_parent(), _debug_parent()],
     )
     # What to scan
     parser.add_argument("--model", "--model-name", dest="model", action="append", metavar="MODEL",
@@ -128,8 +143,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="yaml (default), or regex: the selection as one anchored regular expression "
                         "(parameter names; with --lora, module names for PEFT's string target_modules)")
     # Where results go
-    parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, metavar="DIR",
-                        help="folder of the scores files (default: ./model_snr_results, where Axolotl looks)")
     parser.add_argument("--name", metavar="SLUG_SOURCE",
                         help="name the cache file after this instead of --model (e.g. the Hub id of a local copy)")
     parser.add_argument("--output", metavar="PATH",
@@ -153,7 +166,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary (failures still show)")
     parser.add_argument("--json", action="store_true",
                         help="print a machine-readable summary on stdout, one JSON object a line per model")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks (also SPECTRUM_DEBUG=1)")
     parser.add_argument("--version", action="version", version=f"spectrum {__version__}")
     return parser
 
@@ -169,19 +181,9 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _type_patterns(values: list[str] | None) -> list[re.Pattern[str]] | None:
-    """The compiled `--types` expressions (None when not given); a bad one is a usage error."""
-    if not values:
-        return None
-    try:
-        return compile_type_patterns(values)
-    except re.error as err:
-        raise UsageError(f"--types: {err.pattern!r} is not a valid regular expression ({err})") from err
-
-
 def run(args: argparse.Namespace) -> int:
     top_percent = parse_top_percent(args.top_percent)
-    patterns = _type_patterns(args.types)
+    patterns = workflow.type_patterns(args.types)
     models = _models(args)
     _check_flags(args, models)
     if args.list_types:
@@ -235,111 +237,41 @@ def run_model(
     interactive: bool,
     first: bool,
 ) -> dict | None:
-    """Scores (cached or scanned), the YAML, and the summary of one model; its summary record (None off rank 0)."""
-    started = time.perf_counter()
-    type_filter = (lambda type_name: type_matches(type_name, patterns)) if patterns else None
-    selected_types = None
+    """One model through the workflow, then what it printed: the selection on stdout with --output -,
+    the summary or the JSON record. Returns the record (None off rank 0)."""
+    options = scan_options(args, model, top_percent)
     if interactive:
         chosen = choose_types_for(model, args.revision, patterns)
-        type_filter, selected_types = chosen.__contains__, chosen
-    builds: list[ModelBuild | None] = []  # the name check's model, built while the scan computes
-
-    def start_build() -> None:  # called on rank 0 only, which writes the YAML
-        builds.append(start_model_build(model, args.revision, check=args.check))
-
+        options = replace(options, type_filter=chosen.__contains__)
     with scan_progress(model, enabled=not args.quiet) as on_progress:
-        outcome = load_or_scan(
-            model,
-            cache_dir=args.cache_dir,
-            name=args.name,
-            rescan=args.rescan,
-            revision=args.revision,
-            type_filter=type_filter,
-            method=args.method,
-            device=args.device,
-            threads=args.threads,
-            keep_shards=args.keep_shards,
-            threshold=args.threshold,
-            on_progress=on_progress,
-            on_scan_start=start_build,
-        )
-    scores, cache_file = outcome.scores, outcome.cache_file
-    if not World.from_env().is_main:  # under torchrun, rank 0 writes everything
+        result = workflow.run(options, on_progress=on_progress)
+    if result is None:  # a torchrun rank other than 0: rank 0 reports
         return None
-
-    if patterns and selected_types is None:
-        selected_types = {t for t in scores.types() if type_matches(t, patterns)}
-    if selected_types is None:
-        selected_types = default_types_of(scores)
-    elif patterns and not selected_types:  # as the scan says it, when the scores are cached
-        if any(type_matches(entry["type"], patterns) for entry in left_out(scores.meta).values()):
-            raise SpectrumError("every matrix of the requested types was left out when scanned (NaN or infinite "
-                                "entries, or values beyond float64; the scan named each); choose other --types")
-        raise SpectrumError("no weight matrix matches the requested types; run with --list-types to see the checkpoint's types")
-    dropped: list[str] = []  # modules transformers drops on load: out of the YAML, so out of the summary
-    views: list = []  # the model the YAML is written for (None: names as stored)
-    try:
-        yaml_text = checked_yaml(
-            scores,
-            top_percent,
-            model=model,
-            revision=args.revision,
-            types=selected_types,
-            embeddings=not args.no_embeddings,
-            group_experts=args.group_experts,
-            check=args.check,
-            build=builds[0] if builds else None,
-            on_dropped=dropped.extend,
-            on_view=views.append,
-        )
-    finally:  # the plugin's file under the trainer's names, whatever K makes of the YAML
-        if views and views[0] is not None:
-            refresh_plugin_file(cache_file, scores, views[0])
-    percent_text = format_percent(top_percent)
-    kind = "unfrozenparameters"
-    if args.lora or args.format == "regex":
-        from .selection.lora import selection_text
-
-        kind = "lora" if args.lora else kind
-        yaml_text = selection_text(
-            scores.without(dropped) if dropped else scores, top_percent, yaml_text, model=model, name=args.name or model,
-            revision=args.revision, types=selected_types, group_experts=args.group_experts, check=args.check,
-            lora=args.lora, regex=args.format == "regex",
-        )
-    suffix = ".regex" if args.format == "regex" else ".yaml"
-    if args.output == "-":
-        _write_stdout_utf8(yaml_text if first or args.format == "regex" else "---\n" + yaml_text)
-        yaml_file = "<stdout>"
-    else:
-        yaml_file = args.output or default_yaml_name(cache_file, percent_text, kind=kind, suffix=suffix)
-        write_output_text(yaml_file, yaml_text)
-    if outcome.scanned and not args.name and not args.quiet and not getattr(args, "named_hint_given", False) \
-            and os.path.exists(os.path.expanduser(model)):  # after the YAML: a failed run says one line
-        args.named_hint_given = True  # once a run
+    if result.selection_file is None:
+        _write_stdout_utf8(result.text if first or options.regex else "---\n" + result.text)
+    if workflow.local_path_named(result) and not args.quiet and not getattr(args, "named_hint_given", False):
+        args.named_hint_given = True  # once a run; after the YAML: a failed run says one line
         LOG.warning("%s is named after the local path %s; for a copy of a Hub model, --name ORG/NAME names it "
                     "after the Hub id, which Axolotl's Spectrum plugin looks for (README: Axolotl)",
-                    os.path.basename(cache_file), model)
-    if dropped:
-        scores = scores.without(dropped)
-    summaries = summarize(scores, top_percent, types=selected_types, group_experts=args.group_experts, as_yaml=True,
-                          view=views[0] if views else None)
-    seconds = time.perf_counter() - started
-    record = summary_record(
-        args.name or model, summaries, top_percent=top_percent, scanned=outcome.scanned, seconds=seconds,
-        scores_file=cache_file, yaml_file=yaml_file, threshold=scores.meta.get("threshold", DEFAULT_THRESHOLD),
-    )
+                    os.path.basename(result.cache_file), model)
+    record = result.record()
     if args.json:
         _print_json(record)
     elif not args.quiet:
-        print_summary(args.name or model, summaries, top_percent=percent_text, scanned=outcome.scanned,
-                      seconds=seconds, scores_file=cache_file, yaml_file=yaml_file)
+        print_summary(args.name or model, result.summaries, top_percent=options.percent_text, scanned=result.scanned,
+                      seconds=result.seconds, scores_file=result.cache_file, yaml_file=record["yaml_file"])
     return record
 
 
-def default_yaml_name(cache_file: str, percent_text: str, *, kind: str = "unfrozenparameters", suffix: str = ".yaml") -> str:
-    """`snr_results_<slug>_<kind>_<K>percent<suffix>`, the selection's file name without --output
-    (`unfrozenparameters` or `lora`; `.regex` for `--format regex`)."""
-    return f"{os.path.basename(cache_file)[: -len('.json')]}_{kind}_{percent_text}percent{suffix}"
+def scan_options(args: argparse.Namespace, model: str, top_percent: Fraction) -> workflow.ScanOptions:
+    """The scan command's flags for one model, as the workflow takes them."""
+    return workflow.ScanOptions(
+        model, revision=args.revision, types=tuple(args.types or ()), method=args.method, device=args.device,
+        threads=args.threads, keep_shards=args.keep_shards, threshold=args.threshold, cache_dir=args.cache_dir,
+        name=args.name, rescan=args.rescan, top_percent=top_percent, group_experts=args.group_experts,
+        embeddings=not args.no_embeddings, check=args.check, lora=args.lora, regex=args.format == "regex",
+        output=args.output,
+    )
 
 
 def _check_output(output: str) -> None:
@@ -373,12 +305,12 @@ def _check_names(args: argparse.Namespace, models: list[str], top_percent: Fract
     for model in models:
         if not (os.path.exists(os.path.expanduser(model)) or looks_like_hub_id(model)):
             continue
-        cache_file = scores_path(args.cache_dir, args.name or model)
-        check_entry_names(cache_file, named=args.name is not None)
+        entry = CacheEntry.of(args.cache_dir, args.name or model)
+        check_entry_names(entry.scores, named=args.name is not None)
         if args.output is not None:
             continue
         percent_text = format_percent(top_percent)
-        yaml_name = default_yaml_name(cache_file, percent_text)
+        yaml_name = entry.selection_file(percent_text)
         too_long = overlong_name(yaml_name, temporary=False)
         if too_long:
             fix = ("a --top-percent with fewer digits" if len(percent_text) > 20 else
@@ -435,26 +367,11 @@ def _check_flags(args: argparse.Namespace, models: list[str]) -> None:
                              "leave it out (one file per model) or use --output -")
 
 
-def default_types_of(scores) -> set[str] | None:
-    """The types a run without --types selects: those inside numbered layers, as a scan without --types
-    scores them, even when the cache also holds others an earlier `--types` run added. None (every
-    cached type) for a file without a sidecar, which cannot tell."""
-    recorded = scores.meta.get("checkpoint_types")
-    if not isinstance(recorded, dict):
-        return None
-    layered = {name for name, entry in recorded.items() if isinstance(entry, dict) and entry.get("layered")}
-    return {type_name for type_name in scores.types() if type_name in layered}
-
-
 def choose_types_for(model: str, revision: str | None, patterns: list[re.Pattern[str]] | None) -> set[str]:
     """The checklist for one model, from its headers; the flags' choice starts checked."""
     from .report.checklist import choose_types
 
-    source = open_source(model, revision=revision)
-    try:
-        inventory = take_inventory(source.tensors())
-    finally:
-        source.close()
+    inventory = workflow.checkpoint_types(model, revision)
     types = inventory.types()
     if not types:  # the scan would say it; the checklist would have nothing to show
         raise SpectrumError(f"{model} holds no weight matrix to score; run with --list-types to see what it holds")
@@ -500,30 +417,28 @@ def build_report_parser() -> argparse.ArgumentParser:
         "matplotlib (pip install 'spectrum-snr[plot]', or pip install -e '.[plot]' in a checkout).",
         epilog=REPORT_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_cache_parent(), _debug_parent()],
     )
     parser.add_argument("model", metavar="MODEL",
                         help="the model id or path (or --name) it was scanned under, or a scores file")
     parser.add_argument("--top-percent", default="50", metavar="K",
                         help="mark the top K%% of each type, 0 < K <= 100 (default: 50)")
     parser.add_argument("--types", nargs="+", metavar="REGEX", help="only the module types matching any REGEX")
-    parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, metavar="DIR",
-                        help="folder of the scores files (default: ./model_snr_results)")
     parser.add_argument("--png", metavar="PATH", help="heatmap path (default: snr_results_<slug>_<K>percent.png)")
     parser.add_argument("--html", metavar="PATH", help="HTML path (default: snr_results_<slug>_<K>percent.html)")
     parser.add_argument("--no-html", action="store_true", help="write the heatmap only")
     parser.add_argument("--quiet", action="store_true", help="do not print where the files are")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks (also SPECTRUM_DEBUG=1)")
     return parser
 
 
 def run_report(args: argparse.Namespace) -> int:
     """`spectrum report MODEL`: the heatmap and the HTML page, from the cache alone."""
-    from .report.html import default_report_paths, write_report
+    from .report.html import write_report
     from .report.heatmap import require_matplotlib
     from .cache.lookup import load_scores
 
     top_percent = parse_top_percent(args.top_percent)
-    patterns = _type_patterns(args.types)
+    patterns = workflow.type_patterns(args.types)
     if args.no_html and args.html:
         raise UsageError("--html and --no-html contradict each other; keep one")
     for flag, path in (("--png", args.png), ("--html", args.html)):
@@ -532,12 +447,12 @@ def run_report(args: argparse.Namespace) -> int:
     require_matplotlib()
     scores = load_scores(args.model, cache_dir=args.cache_dir)
     # The types a scan run selects (without --types, the layered ones, as its summary counts them).
-    types = {t for t in scores.types() if type_matches(t, patterns)} if patterns else default_types_of(scores)
+    types = {t for t in scores.types() if type_matches(t, patterns)} if patterns else workflow.default_types_of(scores)
     if patterns and types == set():
         raise UsageError(f"--types matches none of the scored types ({', '.join(scores.types())})")
     is_file = args.model.endswith(".json") and os.path.isfile(args.model)
-    scores_file = args.model if is_file else scores_path(args.cache_dir, args.model)
-    png_default, html_default = default_report_paths(scores_file, top_percent)
+    entry = CacheEntry(args.model) if is_file else CacheEntry.of(args.cache_dir, args.model)
+    png_default, html_default = entry.report_files(format_percent(top_percent))
     outputs = [("--png", args.png or png_default)] + ([] if args.no_html else [("--html", args.html or html_default)])
     for flag, path in outputs:  # before drawing: a --top-percent of 400 digits makes a name no folder takes
         too_long = overlong_name(path, temporary=False)
@@ -570,24 +485,18 @@ def build_verify_parser() -> argparse.ArgumentParser:
         "something other than it says; then what will train.",
         epilog=VERIFY_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_debug_parent()],
     )
     parser.add_argument("config", metavar="CONFIG", help="an Axolotl config, or a YAML spectrum wrote (with --model)")
     parser.add_argument("--model", metavar="MODEL",
                         help="the model to check against (a folder with config.json, or a cached Hub id) instead of "
                         "the config's base_model")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks (also SPECTRUM_DEBUG=1)")
     return parser
 
 
 def run_verify(args: argparse.Namespace) -> int:
     """`spectrum verify CONFIG`: one line per problem on stdout, then what will train; 1 when there is a problem."""
-    from .selection.verify import read_config, verify
-
-    config = read_config(args.config)
-    if args.model:
-        config = dict(config, base_model=args.model)
-        config.pop("base_model_config", None)
-    verdict = verify(config, source=args.config)
+    verdict = workflow.verify_config(args.config, model=args.model)
     lines = [f"problem: {problem}" for problem in verdict.problems] + [f"trains: {verdict.trains}"]
     if verdict.problems:
         count = len(verdict.problems)
@@ -600,14 +509,18 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def list_types(model: str, revision: str | None) -> int:
-    source = open_source(model, revision=revision)
-    try:
-        inventory = take_inventory(source.tensors())
-    finally:
-        source.close()
+    inventory = workflow.checkpoint_types(model, revision)
     defaults = {t for t in inventory.types() if default_type_filter(inventory)(t)}
     _write_stdout_utf8(format_types(inventory.types(), defaults))
     return 0
+
+
+# The commands: the word that names each, its parser and what runs it. The scan is also the default.
+COMMANDS = {
+    "scan": (build_parser, run),
+    "report": (build_report_parser, run_report),
+    "verify": (build_verify_parser, run_verify),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -616,15 +529,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _text_streams_never_fail()
         install_log_handler()
+        build, command = COMMANDS["scan"]
         words = [word for word in argv if word != "--debug"]  # `spectrum --debug report ...` is the report too
-        if words[:1] == ["report"]:
-            at = argv.index("report")
-            return run_report(build_report_parser().parse_args(argv[:at] + argv[at + 1:]))
-        if words[:1] == ["verify"]:
-            at = argv.index("verify")
-            return run_verify(build_verify_parser().parse_args(argv[:at] + argv[at + 1:]))
-        args = build_parser().parse_args(argv)
-        return run(args)
+        if words[:1] and words[0] in COMMANDS:  # `spectrum --model M` is the scan, as `spectrum scan --model M`
+            at = argv.index(words[0])
+            build, command = COMMANDS[words[0]]
+            argv = argv[:at] + argv[at + 1:]
+        return command(build().parse_args(argv))
     except SpectrumError as err:
         return _fail(err, err.exit_code, debug)
     except BrokenPipeError:  # stdout's reader closed it (`spectrum ... --json | head -1`): stop quietly

@@ -8,6 +8,9 @@ its name after the first all-digit component (`model.layers.12.mlp.down_proj` ->
 from __future__ import annotations
 
 import re
+from typing import Callable
+
+TypeFilter = Callable[[str], bool]  # which module types a request wants
 
 WEIGHT_SUFFIX = ".weight"
 
@@ -116,3 +119,10 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def shown(text: str, limit: int = 200) -> str:
+    """`text` for a message: a very long one (a model argument of 100 KB) cut in the middle."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit // 2]}...({len(text)} characters)...{text[-limit // 4:]}"

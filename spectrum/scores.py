@@ -22,6 +22,9 @@ from .selection.topk import (
     trainer_entries,
 )
 
+DEFAULT_THRESHOLD = "marchenko-pastur"  # the reference's signal/noise split of the singular values
+THRESHOLDS = (DEFAULT_THRESHOLD, "gavish-donoho")  # what a score can be made with (the sidecar records which)
+
 
 @dataclass(frozen=True)
 class ModuleScore:

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import cli_env
-from spectrum.cache.store import load_or_scan
+from spectrum.workflow import load_or_scan
 
 SLOW_MATRICES = 40
 

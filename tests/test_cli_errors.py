@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import load_json, offline_env, run_cli
+from conftest import cli_env, load_json, offline_env, run_cli
 from spectrum.cache.scores_file import scores_path
 
 GOOD_SCORES = {
@@ -245,7 +245,7 @@ def test_models_from_with_a_bom_and_from_a_closed_stdin(tmp_path, env, tiny_llam
     import subprocess
     import sys
 
-    closed = subprocess.run([sys.executable, "-m", "spectrum", "--models-from", "-"], cwd=tmp_path, env=env,
+    closed = subprocess.run([sys.executable, "-m", "spectrum", "--models-from", "-"], cwd=tmp_path, env=cli_env(env),
                             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, close_fds=True,
                             preexec_fn=lambda: __import__("os").close(0))
     assert_one_line_error(closed, 2, "--models-from -: cannot read it (standard input is closed)")

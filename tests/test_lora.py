@@ -16,7 +16,7 @@ import yaml
 
 import spectrum
 from conftest import run_cli
-from spectrum.selection.freeze import _view_of
+from spectrum.selection.freeze import trainer_view
 from spectrum.selection.lora import module_regex, parameter_regex
 from spectrum.scores import Scores
 from spectrum.scoring.checkpoint import scan
@@ -167,7 +167,7 @@ def test_parameter_regex_means_the_selection_under_search_match_and_fullmatch(sc
     model, scores, _ = scanned["mixtral"]
     entries = spectrum.freeze(model, scores, top_percent=50)
     names = [name for name, _ in model.named_parameters()]
-    selected_modules = scores.select(50, view=_view_of(model, scores))
+    selected_modules = scores.select(50, view=trainer_view(model, scores))
     regex = parameter_regex(["lm_head.weight", "model.embed_tokens.weight"] + selected_modules)
     for method in ("search", "match", "fullmatch"):
         assert {name for name in names if getattr(re, method)(regex, name)} == set(entries.names), method

@@ -21,7 +21,8 @@ import spectrum
 from conftest import run_cli
 from spectrum.cache.scores_file import scores_path, scores_to_json, tensors_path
 from spectrum.selection.topk import yaml_entries
-from spectrum.selection.model_view import checked_yaml, unmatched_entries
+from spectrum.selection.model_view import unmatched_entries
+from spectrum.workflow import checked_yaml
 from test_trainer_names import small
 
 PLUGIN_EMBEDDING_LINES = ["^lm_head.weight$", "^model.embed_tokens.weight$"]

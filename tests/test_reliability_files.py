@@ -31,7 +31,7 @@ from conftest import cli_env
 from reliability import listing
 from spectrum.cache.scores_file import STALE_TEMPORARY_SECONDS, meta_path, remove_stale_temporaries
 from spectrum.errors import CacheError
-from spectrum.cache.store import load_or_scan
+from spectrum.workflow import load_or_scan
 
 HANG = 90  # seconds: a run that takes longer is hanging
 

@@ -93,7 +93,7 @@ def test_weights_changed_during_a_scan_are_never_cached(tmp_path, how):
     from safetensors.torch import save_file
 
     from spectrum.errors import WeightsChangedError
-    from spectrum.cache.store import load_or_scan
+    from spectrum.workflow import load_or_scan
 
     model = tmp_path / "m"
     model.mkdir()

@@ -27,7 +27,8 @@ from spectrum.errors import CacheError
 from spectrum.sources import open_source
 from spectrum.scores import ModuleScore
 from spectrum.scoring.snr import DEFAULT_THRESHOLD
-from spectrum.cache.store import load_or_scan, stale_reason
+from spectrum.cache.staleness import stale_reason
+from spectrum.workflow import load_or_scan
 
 SCAN = ("--name", "slow", "--threads", "1", "--device", "cpu", "--quiet")
 

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from reference import reference_score
 from spectrum.errors import SpectrumError, UsageError
 from spectrum.scoring.checkpoint import scan, take_inventory
-from spectrum.cache.store import merge, missing_types
+from spectrum.cache.staleness import merge, missing_types
 from spectrum.scores import ModuleScore, Scores
 from spectrum.sources import open_source
 

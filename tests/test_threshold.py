@@ -12,7 +12,7 @@ import torch
 from conftest import load_json
 from reference import reference_score_from_values
 from spectrum.scoring.snr import gavish_donoho_omega, score_from_singular_values, scores_from_singular_values
-from spectrum.cache.store import load_or_scan
+from spectrum.workflow import load_or_scan
 
 
 def gd_reference_score(values: np.ndarray, rows: int, cols: int) -> float:

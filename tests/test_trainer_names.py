@@ -16,7 +16,8 @@ from reference import reference_score
 from spectrum.errors import SpectrumError
 from spectrum.scoring.checkpoint import scan
 from spectrum.selection.topk import yaml_entries
-from spectrum.selection.model_view import axolotl_pattern, build_view, cached_view, checked_yaml, unmatched_entries
+from spectrum.selection.model_view import axolotl_pattern, build_view, cached_view, unmatched_entries
+from spectrum.workflow import ScanOptions, checked_yaml, model_config
 
 
 def small(family: str, layers: int = 2):
@@ -283,18 +284,22 @@ def test_the_model_built_during_the_scan_gives_the_same_view(checkpoints, tmp_pa
 
     from spectrum.selection.model_view import ModelBuild, start_model_build
 
+    def start(model, check=None):  # what a run does: find the config, then build
+        config = model_config(ScanOptions(model, check=check))
+        return start_model_build(config) if config else None
+
     monkeypatch.setenv("SPECTRUM_CACHE", str(tmp_path / "cache"))
     folder = checkpoints["mixtral"]
     names = list(json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"])
-    assert start_model_build(str(folder), check=False) is None
-    assert start_model_build(str(tmp_path), check=None) is None  # no config.json: nothing to build
-    build = start_model_build(str(folder))
+    assert start(str(folder), check=False) is None
+    assert start(str(tmp_path), check=None) is None  # no config.json: nothing to build
+    build = start(str(folder))
     assert isinstance(build, ModelBuild) and build.config_path == str(folder / "config.json")
     assert torch.get_default_dtype() == torch.float32
     view = cached_view(build.config_path, names, build=build)
     assert torch.get_default_dtype() == torch.float32
     assert view == build_view(build.config_path, names) and view.fused
-    assert start_model_build(str(folder)) is None  # its view is cached now: no transformers needed
+    assert start(str(folder)) is None  # its view is cached now: no transformers needed
 
 
 def test_an_unbuildable_model_built_in_the_background_gives_no_view(tmp_path, monkeypatch):

@@ -31,6 +31,7 @@ import time
 from typing import Mapping
 
 from .._version import __version__
+from .entry import PARTIAL_SUFFIX, CacheEntry  # noqa: F401 (PARTIAL_SUFFIX re-exported)
 from .scores_file import atomic_write_text
 from ..errors import CacheError
 from ..files import kind_of, read_regular
@@ -39,14 +40,12 @@ from ..sources.base import SourceDescription
 
 LOG = logging.getLogger("spectrum")
 
-PARTIAL_SUFFIX = ".partial.jsonl"
 _FORMAT = 1
 
 
 def partial_path(scores_file: str) -> str:
     """`model_snr_results/snr_results_<slug>.partial.jsonl` for `.../snr_results_<slug>.json`."""
-    base = scores_file[: -len(".json")] if scores_file.endswith(".json") else scores_file
-    return base + PARTIAL_SUFFIX
+    return CacheEntry(scores_file).partial
 
 
 def fingerprint(description: SourceDescription, method: str, context: dict | None = None) -> dict:

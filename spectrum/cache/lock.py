@@ -22,14 +22,13 @@ import stat
 from typing import Callable
 
 from ..errors import CacheError
+from .entry import LOCK_SUFFIX, CacheEntry  # noqa: F401 (LOCK_SUFFIX re-exported)
 
-LOCK_SUFFIX = ".lock"
 
 
 def lock_path(scores_file: str) -> str:
     """`model_snr_results/snr_results_<slug>.lock` for `.../snr_results_<slug>.json`."""
-    base = scores_file[: -len(".json")] if scores_file.endswith(".json") else scores_file
-    return base + LOCK_SUFFIX
+    return CacheEntry(scores_file).lock
 
 
 class EntryLock:

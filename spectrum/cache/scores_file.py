@@ -32,27 +32,22 @@ import time
 
 from ..errors import CacheError, SpectrumError
 from ..files import kind_of, read_regular_text
-from ..naming import slug
+from .entry import DEFAULT_CACHE_DIR, CacheEntry  # noqa: F401 (DEFAULT_CACHE_DIR re-exported)
 from ..scores import ModuleScore, Scores
-
-DEFAULT_CACHE_DIR = "model_snr_results"
-
 
 def scores_path(cache_dir: str, slug_source: str) -> str:
     """Path of the scores file for a model id or path (Axolotl's slug rule)."""
-    return os.path.join(cache_dir, f"snr_results_{slug(slug_source)}.json")
+    return CacheEntry.of(cache_dir, slug_source).scores
 
 
 def meta_path(scores_file: str) -> str:
     """Path of the provenance sidecar beside a scores file."""
-    base = scores_file[: -len(".json")] if scores_file.endswith(".json") else scores_file
-    return base + ".meta.json"
+    return CacheEntry(scores_file).meta
 
 
 def tensors_path(scores_file: str) -> str:
     """Path of the per-checkpoint-tensor scores beside a scores file in the trainer's names."""
-    base = scores_file[: -len(".json")] if scores_file.endswith(".json") else scores_file
-    return base + ".tensors.json"
+    return CacheEntry(scores_file).tensors
 
 
 def atomic_write_text(path: str, text: str) -> None:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 import re
 from dataclasses import dataclass
 from fractions import Fraction
 
 from .._version import __version__
+from ..cache.entry import CacheEntry
 from ..cache.scores_file import write_output_bytes
 from .heatmap import heatmap_grid, heatmap_png
 from ..scores import Scores
@@ -186,7 +186,4 @@ def _type_section(summary: TypeSummary, percent: str, embeddings: list[str] = ()
 
 def default_report_paths(scores_file: str, top_percent: Fraction) -> tuple[str, str]:
     """`snr_results_<slug>_<K>percent.png` and `.html` in the current directory."""
-    base = os.path.basename(scores_file)
-    base = base.removesuffix(".json")
-    stem = f"{base}_{format_percent(top_percent)}percent"
-    return stem + ".png", stem + ".html"
+    return CacheEntry(scores_file).report_files(format_percent(top_percent))

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
 from .._version import __version__
 from .distributed import World, gather, join, share
-from ..errors import NoMatrixError, SpectrumError, UnsupportedFormatError, UsageError, WeightsChangedError
+from ..errors import NoMatrixError, UnsupportedFormatError, UsageError, WeightsChangedError
 from .svd_numpy import HOST_DTYPES, NUMPY_EIGVALSH_BELOW, cpu_threads_limited, keep_gram_buffers, resolve_method
 from .svd_numpy import singular_values as host_singular_values
 from .inventory import Inventory, Matrix, TypeFilter, default_type_filter, take_inventory  # noqa: F401 (re-exported)

@@ -6,14 +6,12 @@ No tensor is read here and torch is not imported: `--list-types` and the checkli
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
 
-from ..naming import is_input_embedding, is_layer_module, is_output_head, module_name, module_type, stack_of
+from ..naming import TypeFilter, is_input_embedding, is_layer_module, is_output_head, module_name, module_type, stack_of
 from ..sources.base import TensorInfo
 from ..sources.quantized import FP8_SCALE_SUFFIX
 from ..sources.safetensors import FLOAT_DTYPES, FP8_DTYPES
 
-TypeFilter = Callable[[str], bool]
 
 
 @dataclass(frozen=True)

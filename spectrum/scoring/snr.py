@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from .thresholds import DEFAULT_THRESHOLD, THRESHOLDS, gavish_donoho_omega
+from ..scores import DEFAULT_THRESHOLD, THRESHOLDS
 
 IQR_TO_SIGMA = 1.349  # interquartile range of a standard normal distribution
 
@@ -107,3 +107,12 @@ def score_from_singular_values(singular_values, rows: int, cols: int, *, thresho
     """Score of one matrix from its (k,) descending singular values."""
     values = np.asarray(singular_values, dtype=np.float64)[None, :]
     return float(scores_from_singular_values(values, rows, cols, threshold=threshold)[0])
+
+
+def gavish_donoho_omega(beta: float) -> float:
+    """omega(beta), the multiple of median(S) that is the optimal hard threshold when the noise level is unknown.
+
+    The cubic approximation from Gavish & Donoho (2014), for the aspect ratio 0 < beta <= 1;
+    omega(1) ~= 2.86.
+    """
+    return 0.56 * beta**3 - 0.95 * beta**2 + 1.82 * beta + 1.43

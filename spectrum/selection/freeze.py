@@ -90,7 +90,7 @@ def freeze(model, selection: Selection, top_percent: float | str | None = None, 
         print(result)  # 74 of 272 parameter tensors trainable, ...
         ```
     """
-    patterns = _patterns(model, selection, top_percent, embeddings=embeddings, group_experts=group_experts)
+    patterns = entries_for(model, selection, top_percent, embeddings=embeddings, group_experts=group_experts)
     compiled = []
     for entry in patterns:
         if _ROW_RANGE.search(entry):
@@ -124,7 +124,7 @@ def freeze(model, selection: Selection, top_percent: float | str | None = None, 
     return Unfrozen(tuple(names), len(names), tensors, trainable, total, tuple(patterns), unmatched)
 
 
-def _patterns(model, selection: Selection, top_percent, *, embeddings: bool, group_experts: bool) -> list[str]:
+def entries_for(model, selection: Selection, top_percent, *, embeddings: bool, group_experts: bool) -> list[str]:
     """The entries to apply, from whichever form the selection takes."""
     if isinstance(selection, (str, os.PathLike)) and top_percent is not None:
         from ..cache.lookup import load_scores
@@ -134,7 +134,7 @@ def _patterns(model, selection: Selection, top_percent, *, embeddings: bool, gro
         if top_percent is None:
             raise ValueError("freeze() needs top_percent with scores, e.g. freeze(model, scores, top_percent=25)")
         percent = parse_top_percent(top_percent)
-        view = _view_of(model, selection)
+        view = trainer_view(model, selection)
         index = NameIndex(name for name, _ in model.named_parameters())
         entries = [entry_for(module, index) for module in selection.select(percent, view=view, group_experts=group_experts)]
         if not entries and selection.entries:
@@ -178,7 +178,7 @@ def _entries_from_parsed(parsed: object) -> list[str]:
     return parsed
 
 
-def _view_of(model, scores: Scores) -> TrainerView | None:
+def trainer_view(model, scores: Scores) -> TrainerView | None:
     """The scores' checkpoint names restated as this model's parameters, with transformers' conversion mapping.
 
     None (names taken as stored) for a model transformers did not build, or an older transformers.

@@ -204,8 +204,8 @@ def targets_for(names: list[str], layout: ModelLayout | None, *, fused: set[str]
     return LoraTargets(tuple(modules), tuple(parameters), tuple(unmatched), saved)
 
 
-def lora_targets(selection, top_percent=None, *, model=None, embeddings: bool = False,
-                 group_experts: bool = False) -> dict:
+def lora_targets_for(selection, top_percent=None, *, model=None, config: str | None = None, embeddings: bool = False,
+                     group_experts: bool = False) -> dict:
     """LoRA / QLoRA targets for `peft.LoraConfig(**targets, r=...)`: adapters on the selected modules only.
 
     Args:
@@ -218,6 +218,7 @@ def lora_targets(selection, top_percent=None, *, model=None, embeddings: bool = 
             are its own, restated with transformers' conversion mapping as `--check` does. Without
             it, the model is built on the meta device from the checkpoint's `config.json` when one
             is found (`selection` a model id or path), else names are taken as the checkpoint stores them.
+        config: that `config.json` (`spectrum.lora_targets` finds it; None: names as stored).
         embeddings: also return `modules_to_save` with the input embeddings and the output head
             (trained whole beside the adapters, as `unfrozen_parameters` would; none for a tied head).
         group_experts: with scores, rank all experts of one MoE projection together.
@@ -230,7 +231,7 @@ def lora_targets(selection, top_percent=None, *, model=None, embeddings: bool = 
         ValueError: nothing selected, a selected name that is neither a module PEFT can wrap nor a
             parameter, or a selection form that needs `model`.
     """
-    from .freeze import _patterns, _view_of
+    from .freeze import entries_for, trainer_view
     from ..scores import Scores
     from .topk import parse_top_percent
 
@@ -248,14 +249,14 @@ def lora_targets(selection, top_percent=None, *, model=None, embeddings: bool = 
             raise ValueError("lora_targets() needs top_percent with scores, e.g. lora_targets(scores, 25)")
         percent = parse_top_percent(top_percent)
         if model is not None:
-            view = _view_of(model, scores)
+            view = trainer_view(model, scores)
             if view is not None and view.ignored:
                 scores = scores.without(m for m in scores.entries if view.drops(m + ".weight"))
             names = scores.select(percent, view=view, group_experts=group_experts)
             fused_sources = {} if view is None else {s: t for s, t in view.renamed.items() if t in view.fused}
             layout = layout_of(model, fused_sources=fused_sources)
         else:
-            built = built_for(scores, os.fspath(selection) if not isinstance(selection, Scores) else scores.model)
+            built = built_for(scores, config)
             if built is None:
                 names = scores.select(percent, group_experts=group_experts)
                 layout = None
@@ -271,7 +272,7 @@ def lora_targets(selection, top_percent=None, *, model=None, embeddings: bool = 
         if model is None:
             raise ValueError("lora_targets() with a YAML or a list of entries needs model= (the entries are "
                              "matched against its parameter names)")
-        patterns = _patterns(model, selection, top_percent, embeddings=False, group_experts=group_experts)
+        patterns = entries_for(model, selection, top_percent, embeddings=False, group_experts=group_experts)
         layout = layout_of(model)
         targets = targets_for(_owners(patterns, layout), layout, embeddings=embeddings)
     if targets.unmatched:
@@ -299,12 +300,11 @@ def _owners(patterns: list[str], layout: ModelLayout) -> list[str]:
     return list(dict.fromkeys(owners))
 
 
-def built_for(scores, model: str, revision: str | None = None):
+def built_for(scores, config: str | None):
     """(the model built on the meta device from the checkpoint's config.json, its trainer view), or
-    None when no config is found or transformers cannot build it."""
-    from .model_view import _build_model, find_config, view_of_model
+    None when there is no config or transformers cannot build it."""
+    from .model_view import _build_model, view_of_model
 
-    config = find_config(model, revision)
     if config is None:
         return None
     built = _build_model(config)
@@ -314,7 +314,7 @@ def built_for(scores, model: str, revision: str | None = None):
     return built[0], view_of_model(built[0], tensor_names)
 
 
-def checkpoint_targets(scores, top_percent, *, model: str, revision: str | None = None, types: set[str] | None = None,
+def checkpoint_targets(scores, top_percent, *, config: str | None, model: str, types: set[str] | None = None,
                        group_experts: bool = False, check: bool | None = None) -> tuple[LoraTargets, ModelLayout | None]:
     """The command line's LoRA targets: the model built on the meta device from the checkpoint's
     config (as `--check` does), or with `check=False` (or no usable config) names as stored.
@@ -325,7 +325,7 @@ def checkpoint_targets(scores, top_percent, *, model: str, revision: str | None 
     """
     from ..errors import SpectrumError
 
-    built = None if check is False else built_for(scores, model, revision)
+    built = None if check is False else built_for(scores, config)
     if built is None and check:
         raise SpectrumError(f"--check needs the model's config.json and an architecture transformers knows; none of "
                             f"that is usable for {model} (pass --no-check to write the names as stored)")
@@ -388,7 +388,7 @@ def _entry_name(entry: str) -> str:
     return name[:-1] if name.endswith(".") else name
 
 
-def selection_text(scores, top_percent, unfrozen_yaml: str, *, model: str, name: str, revision: str | None,
+def selection_text(scores, top_percent, unfrozen_yaml: str, *, config: str | None, model: str, name: str,
                    types: set[str] | None, group_experts: bool, check: bool | None, lora: bool, regex: bool) -> str:
     """What `--lora` and `--format regex` write instead of the `unfrozen_parameters` YAML.
 
@@ -406,7 +406,7 @@ def selection_text(scores, top_percent, unfrozen_yaml: str, *, model: str, name:
         if not names:
             raise SpectrumError("no module is selected, so the regex would match nothing; raise --top-percent")
         return parameter_regex(names) + "\n"
-    targets, layout = checkpoint_targets(scores, top_percent, model=model, revision=revision, types=types,
+    targets, layout = checkpoint_targets(scores, top_percent, config=config, model=model, types=types,
                                          group_experts=group_experts, check=check)
     if regex:
         if targets.target_parameters:

@@ -24,7 +24,6 @@ import os
 import re
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Callable
 
 from ..errors import SpecialFileError
 from ..files import read_regular, read_regular_text
@@ -314,82 +313,14 @@ def installed_transformers() -> str | None:
         return None
 
 
-def start_model_build(model: str, revision: str | None = None, *, check: bool | None = None) -> ModelBuild | None:
-    """Start building the model the name check needs, unless the check is off, no config is found,
-    or this config already has a cached view (a model scanned before answers without transformers)."""
-    if check is False:
-        return None
-    config = find_config(model, revision)
-    if config is None and check:
-        config = _gguf_file(model)
-    if config is None:
-        return None
+def start_model_build(config: str) -> ModelBuild | None:
+    """Start building the model of `config` (a config.json, or a .gguf file) that the name check needs,
+    unless this config already has a cached view (a model scanned before answers without transformers)."""
     config_key = _config_key(config)
     views = None if config_key is None else _views_of(config_key)
     if views is not None and os.path.isdir(views) and os.listdir(views):
         return None
     return ModelBuild(config)
-
-
-def _gguf_file(model: str) -> str | None:
-    """The `.gguf` file a local model argument names (the file, or a folder's only one), else None."""
-    expanded = os.path.expanduser(model)
-    if os.path.isfile(expanded):
-        return expanded if expanded.endswith(".gguf") else None
-    if os.path.isdir(expanded):
-        from ..sources.local import gguf_files_in
-
-        found = gguf_files_in(expanded)
-        return os.path.join(expanded, found[0]) if len(found) == 1 else None
-    return None
-
-
-def find_config(model: str, revision: str | None = None) -> str | None:
-    """`config.json` beside the weights: in the local folder, or for a Hub id from the HF cache (else the Hub)."""
-    expanded = os.path.expanduser(model)
-    if os.path.isdir(expanded):
-        path = os.path.join(expanded, "config.json")
-        return path if os.path.isfile(path) else None
-    if os.path.isfile(expanded):
-        path = os.path.join(os.path.dirname(os.path.abspath(expanded)), "config.json")
-        return path if os.path.isfile(path) else None
-    try:
-        return _hub_config(model, revision)
-    except Exception:  # noqa: BLE001 - no config reachable: the check is skipped, not the run
-        return None
-
-
-HUB_PROBE_SECONDS = 3.0  # per attempt (huggingface_hub makes two): whether the Hub answers at all
-_unreachable: set[str] = set()  # Hub endpoints that did not answer in this process (said once)
-
-
-def _hub_config(model: str, revision: str | None) -> str | None:
-    """A Hub model's `config.json`: from the local HF cache, else fetched; None when it cannot be had.
-
-    Before fetching, a request with a short timeout asks the Hub for the file's metadata:
-    huggingface_hub retries a Hub that does not answer for half a minute or more, which a run that
-    the cache answers (cached scores, no weights to read) should not wait for. When the Hub cannot
-    be reached, one warning says so and the check is skipped.
-    """
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
-    from huggingface_hub.errors import HfHubHTTPError
-
-    cached = try_to_load_from_cache(model, "config.json", revision=revision)
-    if isinstance(cached, str):  # the scan fetched it: no network on later runs
-        return cached
-    if cached is not None or constants.HF_HUB_OFFLINE or constants.ENDPOINT in _unreachable:
-        return None  # known to be absent, offline, or a Hub already found silent
-    try:
-        get_hf_file_metadata(hf_hub_url(model, "config.json", revision=revision), timeout=HUB_PROBE_SECONDS)
-    except HfHubHTTPError:
-        return None  # the Hub answered: no such file or repository, or no access
-    except Exception as err:  # noqa: BLE001 - a refused connection, a timeout, no route, a proxy's failure
-        _unreachable.add(constants.ENDPOINT)
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        LOG.warning("the Hugging Face Hub cannot be reached (%s); %s's config.json is not in the local cache, so "
-                    "names are not checked (set HF_HUB_OFFLINE=1 to skip this attempt)", reason, model)
-        return None
-    return hf_hub_download(model, "config.json", revision=revision)
 
 
 def build_view(config_path: str, tensor_names: list[str]) -> TrainerView | None:
@@ -538,68 +469,77 @@ def _without_dropped(scores, view: TrainerView) -> tuple:
     return scores.without(dropped), dropped
 
 
+def view_for_check(scores, *, config: str | None, model: str, check: bool | None = None,
+                   build: ModelBuild | None = None) -> TrainerView | None:
+    """The model the YAML is written for: built on the meta device from `config` (its config.json, or a
+    .gguf file; `spectrum.sources.resolve` finds it), or None (names as stored).
+
+    Args:
+        check: True: fail if the model cannot be built; None (default): build it when `config` is found
+            and transformers knows the architecture, else None; False: None.
+        build: the model, already being built (`start_model_build`, during the scan).
+
+    Raises:
+        SpectrumError: `check=True` and the model cannot be built (`model` names it in the message).
+    """
+    from ..errors import SpectrumError
+
+    if check is False:
+        return None
+    view = None
+    if config is not None:
+        tensor_names = [module + ".weight" for module in scores.entries]
+        recorded = scores.meta.get("embeddings")
+        if isinstance(recorded, dict):
+            tensor_names += [name for name in recorded.values() if isinstance(name, str)]
+        view = cached_view(config, tensor_names, build=build)
+    too_old = name_check_version_problem(installed_transformers()) if config is not None else None
+    if view is None and check:
+        if config is None:
+            reason = f"no config.json beside the weights of {model} (nor in the Hugging Face cache)"
+        elif too_old:
+            reason = too_old
+        else:
+            reason = (f"transformers {installed_transformers()} cannot build the architecture of {config} "
+                      "without the model's own code")
+        raise SpectrumError(f"--check cannot check the names: {reason} (pass --no-check to write the names as stored)")
+    if view is None and too_old and not _SKIP_NOTICE_GIVEN:
+        _SKIP_NOTICE_GIVEN.append(True)
+        LOG.warning("the names are not checked (written as stored): %s", too_old)
+    return view
+
+
+@dataclass(frozen=True)
+class CheckedYaml:
+    """The YAML for the trainer's model, and the scored modules left out of it because transformers
+    drops them on load (so out of the summary too)."""
+
+    text: str
+    dropped: tuple[str, ...] = ()
+
+
 def checked_yaml(
     scores,
     top_percent,
     *,
-    model: str,
-    revision: str | None = None,
+    view: TrainerView | None,
     types: set[str] | None = None,
     embeddings: bool = True,
     group_experts: bool = False,
-    check: bool | None = None,
-    build: ModelBuild | None = None,
-    on_dropped: Callable[[list[str]], None] | None = None,
-    on_view: Callable[[TrainerView | None], None] | None = None,
-) -> str:
-    """The YAML under the names of the model the trainer builds, verified against it.
-
-    Args:
-        check: True: build the model from its config and fail if that is impossible or any entry
-            matches no parameter; None (default): the same when `config.json` is found and
-            transformers knows the architecture, else names as stored; False: names as stored.
-        build: the model for the check, already being built (`start_model_build`, during the scan).
-        on_dropped: called with the scored modules left out because transformers drops them on load.
-        on_view: called with the view of the model the YAML was written for (None: names as stored).
+) -> CheckedYaml:
+    """The YAML under the names of the model `view` describes (`view_for_check`), verified against it;
+    None: the names as stored.
 
     Raises:
-        SpectrumError: an entry matches no parameter or unfreezes another module's parameters, the
-            selection holds no module (`top_percent` too small for every type), or `check=True` and the
-            model cannot be built.
+        SpectrumError: an entry matches no parameter or unfreezes another module's parameters, or the
+            selection holds no module (`top_percent` too small for every type).
     """
     from ..errors import SpectrumError
     from .topk import yaml_entries
 
-    view = None
-    if check is not False:
-        config = find_config(model, revision)
-        if config is None and check:
-            config = _gguf_file(model)  # --check on a GGUF: its metadata gives the config (slower to read)
-        if config is not None:
-            tensor_names = [module + ".weight" for module in scores.entries]
-            recorded = scores.meta.get("embeddings")
-            if isinstance(recorded, dict):
-                tensor_names += [name for name in recorded.values() if isinstance(name, str)]
-            view = cached_view(config, tensor_names, build=build)
-        too_old = name_check_version_problem(installed_transformers()) if config is not None else None
-        if view is None and check:
-            if config is None:
-                reason = f"no config.json beside the weights of {model} (nor in the Hugging Face cache)"
-            elif too_old:
-                reason = too_old
-            else:
-                reason = (f"transformers {installed_transformers()} cannot build the architecture of {config} "
-                          "without the model's own code")
-            raise SpectrumError(f"--check cannot check the names: {reason} (pass --no-check to write the names as stored)")
-        if view is None and too_old and not _SKIP_NOTICE_GIVEN:
-            _SKIP_NOTICE_GIVEN.append(True)
-            LOG.warning("the names are not checked (written as stored): %s", too_old)
-    if on_view:
-        on_view(view)
+    dropped: list[str] = []
     if view is not None and view.ignored:
         scores, dropped = _without_dropped(scores, view)
-        if dropped and on_dropped:
-            on_dropped(dropped)
     empty_types = check_selection_keeps_modules(scores, top_percent, types=types, view=view, group_experts=group_experts)
     text = scores.to_yaml(top_percent, types=types, embeddings=embeddings, view=view, group_experts=group_experts)
     if view is not None:
@@ -621,7 +561,7 @@ def checked_yaml(
         LOG.info("checked: every entry matches a parameter of %s, and only its own", view.architecture)
     if empty_types:
         LOG.warning("%s", empty_types)
-    return text
+    return CheckedYaml(text, tuple(dropped))
 
 
 def check_selection_keeps_modules(scores, top_percent, *, types: set[str] | None = None, view=None,

@@ -69,28 +69,6 @@ def read_config(path: str) -> dict:
     return parsed
 
 
-def config_path_of(model: str, revision: str | None = None) -> str:
-    """`config.json` of a local model folder, or of a Hub id from the Hugging Face cache (never the network)."""
-    expanded = os.path.expanduser(model)
-    if os.path.isdir(expanded):
-        path = os.path.join(expanded, "config.json")
-        if os.path.isfile(path):
-            return path
-        raise SpectrumError(f"{model}: the folder has no config.json, so the model cannot be built to check names")
-    if os.path.exists(expanded) or model.count("/") != 1:
-        raise SpectrumError(f"{model}: not a model folder with config.json, nor a Hub id org/name")
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(model, "config.json", revision=revision)
-    except Exception:  # noqa: BLE001 - an id the hub library refuses, a broken cache
-        cached = None
-    if isinstance(cached, str):
-        return cached
-    raise SpectrumError(f"{model}: config.json is not in the Hugging Face cache; fetch it first "
-                        f"(huggingface-cli download {model} config.json) and run verify again")
-
-
 def _count(number: int, noun: str) -> str:
     """`1 entry`, `2 entries`: a count with its noun."""
     if number == 1:
@@ -275,8 +253,9 @@ def check_lora(config: dict, layout, model) -> tuple[list[str], list[str], list[
     return problems, list(dict.fromkeys(adapted)), list(dict.fromkeys(adapted_parameters))
 
 
-def verify(config: dict, *, source: str, directory: str = ".") -> Verdict:
-    """Check an Axolotl config (a parsed mapping) against the model its `base_model` names."""
+def verify(config: dict, *, source: str, model_config: str, directory: str = ".") -> Verdict:
+    """Check an Axolotl config (a parsed mapping) against the model its `base_model` names, built from
+    `model_config` (that model's config.json: `spectrum.sources.resolve.config_path_of`)."""
     from .lora import layout_of
     from .model_view import _build_model
 
@@ -284,8 +263,7 @@ def verify(config: dict, *, source: str, directory: str = ".") -> Verdict:
     if not isinstance(base, str) or not base:
         raise UsageError(f"{source}: no base_model: to check against (give --model MODEL for a bare YAML)")
     config_source = config.get("base_model_config") or base
-    revision = config.get("revision_of_model")
-    built = _build_model(config_path_of(str(config_source), revision if isinstance(revision, str) else None))
+    built = _build_model(model_config)
     if built is None:
         raise SpectrumError(f"{config_source}: transformers cannot build this model from its config.json without "
                             "remote code, so its parameter names cannot be checked")

@@ -1,5 +1,6 @@
 """Where weights come from: one lazy interface over local files and the Hugging Face Hub."""
 
-from .base import TensorInfo, TensorSource, open_source
+from .base import TensorInfo, TensorSource
+from .resolve import open_source
 
 __all__ = ["TensorInfo", "TensorSource", "open_source"]

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import abc
 import os
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..errors import SourceError, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -121,64 +119,6 @@ class TensorSource(abc.ABC):
 
     def close(self) -> None:
         """Release open files."""
-
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
-
-
-_HUB_NAME_MAX = 96  # the Hub's longest user, organisation or repository name
-
-
-def looks_like_hub_id(model: str) -> bool:
-    """`org/name` or `name` spelled as the Hub allows, and not a file name."""
-    return (bool(_HUB_ID.match(model)) and not model.endswith((".safetensors", ".json", ".gguf", ".bin"))
-            and all(len(part) <= _HUB_NAME_MAX for part in model.split("/")))
-
-
-def require_model(model: str) -> None:
-    """Raise SourceError when `model` is neither an existing path nor spelled like a Hub id (before a
-    lock or a cache file is made for it)."""
-    if not os.path.exists(os.path.expanduser(model)) and not looks_like_hub_id(model):
-        raise _no_such_model(model)
-
-
-def shown(text: str, limit: int = 200) -> str:
-    """`text` for a message: a very long one (a model argument of 100 KB) cut in the middle."""
-    if len(text) <= limit:
-        return text
-    return f"{text[: limit // 2]}...({len(text)} characters)...{text[-limit // 4:]}"
-
-
-def _no_such_model(model: str) -> SourceError:
-    return SourceError(
-        f"{shown(model)}: no such file or folder; pass a model folder, a .safetensors, .gguf or .bin file, "
-        "or a Hub id org/name",
-        model=model,
-    )
-
-
-def check_revision(model: str, revision: str | None) -> None:
-    """Raise UsageError when `--revision` is given for a local path (it names Hub revisions only)."""
-    if revision is not None and os.path.exists(os.path.expanduser(model)):
-        raise UsageError(f"--revision applies to Hub ids, but {model} is a local path; drop --revision")
-
-
-def open_source(model: str, *, revision: str | None = None, keep_shards: bool = True) -> TensorSource:
-    """Open a local folder, a weights file (`.safetensors`, `.gguf`, `.bin`), or a Hub id `org/name`.
-
-    `keep_shards=False` lets a Hub source delete the shards it downloaded once they are scanned.
-    """
-    expanded = os.path.expanduser(model)
-    check_revision(model, revision)
-    if os.path.exists(expanded):
-        from .local import open_local
-
-        return open_local(expanded)
-    if looks_like_hub_id(model):
-        from .hub import HubSource  # huggingface_hub is imported for Hub ids only
-
-        return HubSource(model, revision=revision, keep_shards=keep_shards)
-    raise _no_such_model(model)
 
 
 def as_float32(tensor: torch.Tensor) -> torch.Tensor:

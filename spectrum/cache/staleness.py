@@ -23,29 +23,24 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
 
 from .scores_file import (
     SIDECAR_MISMATCH,
     overlong_name,
     plugin_text_differs,
     read_scores,
-    remove_stale_temporaries,
-    scores_path,
     write_scores,
 )
-from ..scoring.distributed import World
-from ..errors import NoMatrixError, SpecialFileError, SpectrumError, UsageError, WeightsChangedError
+from ..errors import SpecialFileError, SpectrumError, UsageError
 from ..files import read_regular_text
-from .journal import PARTIAL_SUFFIX, PartialScan, ScanInterrupted, partial_path
+from .journal import PartialScan, partial_path
 from .lock import EntryLock, lock_path
 from ..scores import Scores
-from ..sources.base import ShardInfo, require_model, sample_digest, shown
-from ..naming import natural_key
-from ..scoring.thresholds import DEFAULT_THRESHOLD
+from ..sources.base import ShardInfo, sample_digest
+from ..naming import shown
+from ..naming import TypeFilter, natural_key
+from ..scores import DEFAULT_THRESHOLD
 
-if TYPE_CHECKING:  # the scanner imports torch: loaded only when a scan runs
-    from ..scoring.checkpoint import ProgressCallback, TypeFilter
 
 LOG = logging.getLogger("spectrum")
 
@@ -53,137 +48,13 @@ _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 @dataclass
-class Outcome:
-    """What `load_or_scan` did: the scores, where they are cached, and whether weights were read."""
-
-    scores: Scores
-    cache_file: str
-    scanned: bool
-
-
-@dataclass
-class _Plan:
+class Plan:
     """What the cache file can do for a request."""
 
     reuse: Scores | None = None  # the cached scores answer it
     keep: Scores | None = None  # cached scores to keep; scan `wanted` and add them
     wanted: TypeFilter | None = None  # what to scan (None: the default types)
     stale: str | None = None  # why the cached scores were not used, to report
-
-
-def load_or_scan(
-    model: str,
-    *,
-    # Cache
-    cache_dir: str = "model_snr_results",
-    name: str | None = None,
-    rescan: bool = False,
-    # What to scan
-    revision: str | None = None,
-    type_filter: TypeFilter | None = None,
-    # How
-    method: str = "auto",
-    device: str = "auto",
-    threads: int | None = None,
-    keep_shards: bool = True,
-    threshold: str = DEFAULT_THRESHOLD,
-    on_progress: ProgressCallback | None = None,
-    on_scan_start: Callable[[], None] | None = None,
-) -> Outcome:
-    """Cached scores when they cover the request and are still valid; otherwise scan (only the
-    missing types, when the cache has some) and write the cache. Under torchrun only rank 0 writes.
-
-    `on_scan_start` is called once, when a scan has checked the headers and is about to read weights
-    (never when the cache answers; under torchrun on rank 0 only).
-
-    Scores made with another `threshold` (the sidecar's; none recorded means the default) cover
-    nothing: the model is scanned again and the file replaced.
-
-    A scan resumes an interrupted scan of the same weights from its `.partial.jsonl`, and holds
-    the entry's lock: a concurrent call for the same entry waits, then reuses this one's result.
-
-    Raises:
-        ScanInterrupted: (a KeyboardInterrupt) on Ctrl-C during a scan; says what is saved.
-    """
-    cache_file = scores_path(cache_dir, name or model)
-    world = World.from_env()
-    total: list[int] = []  # matrices the scan has to score, once it knows
-
-    def progress(done: int, count: int, nbytes: int) -> None:
-        if not total and on_scan_start:  # the scan's first word: headers checked, weights next
-            on_scan_start()
-        total[:] = [count]
-        if on_progress:
-            on_progress(done, count, nbytes)
-
-    def fresh(wanted: TypeFilter | None, journal: PartialScan | None) -> Scores:
-        from ..scoring.checkpoint import scan
-
-        scores = scan(model, revision=revision, type_filter=wanted, method=method, device=device, threads=threads,
-                      keep_shards=keep_shards, threshold=threshold, on_progress=progress, journal=journal)
-        if name:  # the name stands for the model everywhere (YAML header, sidecar); source.location keeps the path
-            scores.meta["name"] = name
-            scores.meta["model"] = scores.model = name
-        return scores
-
-    def settle(plan: _Plan, journal: PartialScan | None) -> Outcome:
-        if plan.reuse is not None:
-            return Outcome(plan.reuse, cache_file, scanned=False)
-        try:
-            scores = fresh(plan.wanted, journal)
-        except NoMatrixError as err:
-            if plan.keep is None:
-                raise
-            raise SpectrumError(f"{cache_file}: its sidecar lists module types this checkpoint does not hold "
-                                "(was it edited?); rerun with --rescan to scan the model afresh") from err
-        if plan.keep is not None:
-            scores = merge(plan.keep, scores)
-        if world.is_main:
-            write_scores(cache_file, scores)
-        return Outcome(scores, cache_file, scanned=True)
-
-    def consult() -> _Plan:
-        plan = _plan(cache_file, model, revision=revision, type_filter=type_filter, threshold=threshold)
-        for cached in (plan.reuse, plan.keep):
-            if cached is not None and name:
-                cached.model = name
-        return plan
-
-    if not rescan:
-        plan = consult()
-        if plan.reuse is not None:  # no lock needed to read: files are only ever replaced whole
-            return Outcome(plan.reuse, cache_file, scanned=False)
-    require_model(model)  # before a lock file is made for it
-    check_entry_names(cache_file, named=name is not None)
-    if world.size > 1:  # the ranks scan together; rank 0 writes (no journal, no lock)
-        return settle(_Plan(wanted=type_filter) if rescan else plan, None)
-
-    before = _identity(cache_file)
-    with EntryLock(lock_path(cache_file), on_wait=lambda pid: _report_wait(cache_file, pid)):
-        if not rescan or _identity(cache_file) != before:
-            plan = consult()  # another process may have written the entry in the meantime
-            if plan.stale:
-                LOG.warning("%s: cached scores are out of date (%s); scanning again", cache_file, plan.stale)
-        else:
-            plan = _Plan(wanted=type_filter)
-        if plan.reuse is not None:
-            return Outcome(plan.reuse, cache_file, scanned=False)
-        for leftover in remove_stale_temporaries(cache_file, (PARTIAL_SUFFIX,)):
-            LOG.info("removed %s, left by a writer that was killed", leftover)
-        journal = PartialScan(partial_path(cache_file), context={"threshold": threshold})
-        try:
-            outcome = settle(plan, journal)
-        except KeyboardInterrupt as err:
-            _keep_or_discard(journal)
-            raise ScanInterrupted(journal.saved, total[0] if total else None, journal.path) from err
-        except WeightsChangedError:
-            journal.discard()  # its scores may be of the weights before the change, or of both
-            raise
-        except BaseException:
-            _keep_or_discard(journal)
-            raise
-        journal.discard()  # its scores are in the scores file now
-        return outcome
 
 
 def refresh_plugin_file(cache_file: str, scores: Scores, view) -> bool:
@@ -228,7 +99,7 @@ def check_entry_names(cache_file: str, *, named: bool) -> None:
     )
 
 
-def _keep_or_discard(journal: PartialScan) -> None:
+def keep_or_discard(journal: PartialScan) -> None:
     """After a failed scan: keep the journal for a later run to resume, unless it holds nothing."""
     if journal.saved:
         journal.close()
@@ -236,12 +107,12 @@ def _keep_or_discard(journal: PartialScan) -> None:
         journal.discard()
 
 
-def _report_wait(cache_file: str, pid: int | None) -> None:
+def report_wait(cache_file: str, pid: int | None) -> None:
     holder = f"process {pid}" if pid else "another spectrum process"
     LOG.warning("%s: %s is scanning this model; waiting for it, then using its scores", cache_file, holder)
 
 
-def _identity(path: str) -> tuple[int, int, int] | None:
+def identity(path: str) -> tuple[int, int, int] | None:
     """Which file is at `path` (an atomic rename gives a new inode), or None."""
     try:
         status = os.stat(path)
@@ -250,22 +121,22 @@ def _identity(path: str) -> tuple[int, int, int] | None:
     return status.st_ino, status.st_size, status.st_mtime_ns
 
 
-def _plan(cache_file: str, model: str, *, revision: str | None, type_filter: TypeFilter | None, threshold: str) -> _Plan:
+def plan(cache_file: str, model: str, *, revision: str | None, type_filter: TypeFilter | None, threshold: str) -> Plan:
     if not os.path.exists(cache_file):
-        return _Plan(wanted=type_filter)
+        return Plan(wanted=type_filter)
     cached = read_scores(cache_file, model)
     if cached.meta.get(SIDECAR_MISMATCH):
-        return _Plan(wanted=type_filter, stale="their sidecar describes other scores (a write was cut short)")
+        return Plan(wanted=type_filter, stale="their sidecar describes other scores (a write was cut short)")
     if cached.meta.get("threshold", DEFAULT_THRESHOLD) != threshold:
-        return _Plan(wanted=type_filter)
+        return Plan(wanted=type_filter)
     reason = stale_reason(cached.meta, model, revision)
     if reason:
-        return _Plan(wanted=type_filter, stale=reason)
+        return Plan(wanted=type_filter, stale=reason)
     missing = missing_types(cached, type_filter)
     if missing == set():
         _note_left_out(cache_file, cached)
-        return _Plan(reuse=cached)
-    return _Plan(keep=cached, wanted=missing.__contains__ if missing else type_filter)
+        return Plan(reuse=cached)
+    return Plan(keep=cached, wanted=missing.__contains__ if missing else type_filter)
 
 
 def stale_reason(meta: dict, model: str, revision: str | None = None) -> str | None:
