@@ -10,7 +10,8 @@ import torch
 from reference import reference_score
 from spectrum.scoring import svd_numpy as host
 from spectrum.scoring.svd_torch import singular_values
-from spectrum.scoring.svd_numpy import StoredArray, gram_matrix, keep_gram_buffers
+from spectrum.scoring.svd_numpy import gram_matrix, keep_gram_buffers
+from spectrum.sources.dtypes import StoredArray
 from spectrum.scoring.snr import scores_from_singular_values
 from test_engine import constructed
 

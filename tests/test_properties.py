@@ -23,7 +23,8 @@ from spectrum.cache.journal import PartialScan
 from spectrum.scores import ModuleScore, Scores
 from spectrum.selection.topk import parse_top_percent, select_by_type
 from spectrum.sources.base import ShardInfo, SourceDescription
-from spectrum.sources.safetensors import DTYPES, SafetensorsFile
+from spectrum.sources.dtypes import DTYPES
+from spectrum.sources.safetensors import SafetensorsFile
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 DISK = settings(SETTINGS, max_examples=50)  # each example writes and fsyncs real files

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 from .._version import __version__
 from .distributed import World, gather, join, share
 from ..errors import NoMatrixError, UnsupportedFormatError, UsageError, WeightsChangedError
-from .svd_numpy import HOST_DTYPES, NUMPY_EIGVALSH_BELOW, cpu_threads_limited, keep_gram_buffers, resolve_method
+from .svd_numpy import NUMPY_EIGVALSH_BELOW, cpu_threads_limited, keep_gram_buffers, resolve_method
 from .svd_numpy import singular_values as host_singular_values
 from .inventory import Inventory, Matrix, TypeFilter, default_type_filter, take_inventory  # noqa: F401 (re-exported)
 from ..naming import is_layer_module, module_name, module_type, natural_key, without_expert_index
@@ -29,7 +29,7 @@ from .snr import DEFAULT_THRESHOLD, scores_from_singular_values
 from ..sources import TensorSource, open_source
 from ..sources.base import ShardInfo, SourceDescription, TensorInfo, sample_digest
 from ..sources.quantized import FP8_SCALE_SUFFIX
-from ..sources.safetensors import DTYPE_SIZES
+from ..sources.dtypes import DTYPE_SIZES, HOST_DTYPES
 
 if TYPE_CHECKING:
     import torch

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from ..naming import TypeFilter, is_input_embedding, is_layer_module, is_output_head, module_name, module_type, stack_of
 from ..sources.base import TensorInfo
 from ..sources.quantized import FP8_SCALE_SUFFIX
-from ..sources.safetensors import FLOAT_DTYPES, FP8_DTYPES
+from ..sources.dtypes import FLOAT_DTYPES, FP8_DTYPES
 
 
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Union
 if TYPE_CHECKING:
     import torch
 
-    from .svd_numpy import StoredArray
+    from ..sources.dtypes import StoredArray
 
     Stored = Union[torch.Tensor, StoredArray]  # a torch tensor, or NumPy for the torch-free CPU route
 

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import UsageError
+from ..sources.dtypes import StoredArray
 
 METHODS = ("auto", "gram", "svd")
 NUMPY_EIGVALSH_BELOW = 2048  # CPU: NumPy's (OpenBLAS) eigvalsh is faster below this size, torch's (MKL) from it up
-HOST_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})  # stored dtypes NumPy reads (bfloat16 as its bits)
-_NUMPY_TYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16}
 _GRAM_BLOCK_BYTES = 64 << 20  # float64 bytes of one block of the matrix, converted at a time
 _buffers = threading.local()  # a scan worker's buffers, reused from one matrix to the next
 
@@ -34,48 +32,6 @@ def resolve_method(method: str, device: object = None) -> str:
     if method not in METHODS:
         raise UsageError(f"--method {method!r} is not known; use one of {', '.join(METHODS)}")
     return "gram" if method == "auto" else method
-
-
-@dataclass(frozen=True)
-class StoredArray:
-    """A weight's bytes as a NumPy array in its stored dtype; bfloat16 (which NumPy lacks) as its
-    uint16 bit patterns.
-
-    Args:
-        values: the array, of `_NUMPY_TYPES[dtype]`.
-        dtype: the safetensors dtype name (F64, F32, F16, BF16).
-    """
-
-    values: np.ndarray
-    dtype: str
-
-    @classmethod
-    def from_bytes(cls, buffer, dtype: str, shape: tuple[int, ...]) -> "StoredArray":
-        return cls(np.frombuffer(buffer, dtype=_NUMPY_TYPES[dtype]).reshape(shape), dtype)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.values.shape
-
-    @property
-    def nbytes(self) -> int:
-        return self.values.nbytes
-
-    def __getitem__(self, index) -> "StoredArray":
-        """One expert of a fused (experts, out, in) tensor, say."""
-        return StoredArray(self.values[index], self.dtype)
-
-    def to_float64(self, out: np.ndarray, bits: np.ndarray | None = None) -> None:
-        """Convert into `out` (same shape, float64) exactly; `bits`, a uint32 array of that shape,
-        holds bfloat16's widened bits (a scratch buffer)."""
-        with np.errstate(invalid="ignore"):  # NaN entries (signalling ones too) are found later, from the Gram diagonal
-            if self.dtype != "BF16":
-                out[...] = self.values
-                return
-            if bits is None:
-                bits = np.empty(self.values.shape, dtype=np.uint32)
-            np.left_shift(self.values, 16, out=bits, dtype=np.uint32)  # bfloat16 = the high half of a float32
-            out[...] = bits.view(np.float32)
 
 
 def keep_gram_buffers() -> None:

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
-from .svd_numpy import NUMPY_EIGVALSH_BELOW, SAFE_EXPONENT, StoredArray, gram_matrix, values_from_gram
+from ..sources.dtypes import StoredArray
+from .svd_numpy import NUMPY_EIGVALSH_BELOW, SAFE_EXPONENT, gram_matrix, values_from_gram
 
 
 def resolve_device(name: str) -> torch.device:

@@ -96,7 +96,7 @@ class TensorSource(abc.ABC):
     reads_arrays = False  # True: `read_arrays` serves the weights as NumPy arrays, without torch
 
     def read_arrays(self, shard: str, infos: list[TensorInfo]):
-        """As `read`, as `spectrum.scoring.svd_numpy.StoredArray`s, for the dtypes in `spectrum.scoring.svd_numpy.HOST_DTYPES`
+        """As `read`, as `spectrum.sources.dtypes.StoredArray`s, for the dtypes in `spectrum.sources.dtypes.HOST_DTYPES`
         (only where `reads_arrays`)."""
         raise NotImplementedError(f"{type(self).__name__} reads torch tensors only")
 

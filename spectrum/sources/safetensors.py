@@ -19,59 +19,17 @@ from typing import TYPE_CHECKING
 from ..errors import CorruptCheckpointError, SourceError
 from ..files import read_regular_text
 from .base import SourceDescription, TensorInfo, TensorSource, local_shard
+from .dtypes import DTYPE_SIZES, FP8_DTYPES, StoredArray, torch_dtype
 from .quantized import FP8_SCALE_SUFFIX, dequantize_fp8, fp8_block_size, read_config, refuse_packed_tensors
 
 if TYPE_CHECKING:
     import torch
-
-    from ..scoring.svd_numpy import StoredArray
 
 LOG = logging.getLogger("spectrum")
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 _MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own limit
-
-# safetensors dtype -> (torch dtype name, bytes per element). Header checks need only the sizes,
-# so this module imports torch only when it reads a tensor (a cached run never does).
-_DTYPE_TABLE: dict[str, tuple[str, int]] = {
-    "F64": ("float64", 8),
-    "F32": ("float32", 4),
-    "F16": ("float16", 2),
-    "BF16": ("bfloat16", 2),
-    "F8_E4M3": ("float8_e4m3fn", 1),
-    "F8_E5M2": ("float8_e5m2", 1),
-    "I64": ("int64", 8),
-    "I32": ("int32", 4),
-    "I16": ("int16", 2),
-    "I8": ("int8", 1),
-    "U8": ("uint8", 1),
-    "U16": ("uint16", 2),
-    "U32": ("uint32", 4),
-    "U64": ("uint64", 8),
-    "BOOL": ("bool", 1),
-}
-DTYPE_SIZES: dict[str, int] = {name: size for name, (_, size) in _DTYPE_TABLE.items()}
-
-
-def torch_dtype(name: str) -> "torch.dtype | None":
-    """The torch dtype of a safetensors dtype name; None when unknown or this torch lacks it."""
-    import torch
-
-    entry = _DTYPE_TABLE.get(name)
-    return getattr(torch, entry[0], None) if entry else None
-
-
-def __getattr__(attribute: str):
-    """`DTYPES`: safetensors dtype -> (torch dtype or None, bytes per element), built on first use."""
-    if attribute == "DTYPES":
-        return {name: (torch_dtype(name), size) for name, size in DTYPE_SIZES.items()}
-    raise AttributeError(f"module {__name__!r} has no attribute {attribute!r}")
-
-
-FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})  # scored as stored, upcast exactly
-FP8_DTYPES = frozenset({"F8_E4M3", "F8_E5M2"})
-
 
 @dataclass(frozen=True)
 class _Entry:
@@ -103,9 +61,7 @@ class SafetensorsFile:
         return torch.frombuffer(self._bytes(info), dtype=stored).reshape(info.shape)
 
     def read_array(self, info: TensorInfo) -> "StoredArray":
-        """The tensor's bytes as NumPy, without torch; for the dtypes in `spectrum.scoring.svd_numpy.HOST_DTYPES`."""
-        from ..scoring.svd_numpy import StoredArray
-
+        """The tensor's bytes as NumPy, without torch; for the dtypes in `spectrum.sources.dtypes.HOST_DTYPES`."""
         return StoredArray.from_bytes(self._bytes(info), info.dtype, info.shape)
 
     def _bytes(self, info: TensorInfo) -> bytearray:

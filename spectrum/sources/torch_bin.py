@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 from ..errors import CorruptCheckpointError, SourceError, UnsupportedFormatError
 from .base import SourceDescription, TensorInfo, TensorSource, local_shard
 from .quantized import FP8_SCALE_SUFFIX, dequantize_fp8, fp8_block_size, read_config, refuse_packed_tensors
-from .safetensors import DTYPE_SIZES, FP8_DTYPES, require_shards, shards_from_index, torch_dtype
+from .dtypes import DTYPE_SIZES, FP8_DTYPES, torch_dtype
+from .safetensors import require_shards, shards_from_index
 
 if TYPE_CHECKING:
     import torch
