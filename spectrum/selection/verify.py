@@ -130,13 +130,12 @@ def check_unfrozen(entries: list, parameters: list[str], modules: set[str], *, s
 
 def plugin_entries(config: dict, base: str, directory: str) -> tuple[list[str], list[str] | None]:
     """(problems, the `unfrozen_parameters` the Spectrum plugin would set; None when it sets none)."""
-    from ..naming import slug as slug_of
+    from ..cache.entry import CacheEntry
 
     name = config.get("spectrum_model_name") or base
-    slug = slug_of(str(name))
-    relative = os.path.join(PLUGIN_FOLDER, f"snr_results_{slug}.json")
+    relative = CacheEntry.of(PLUGIN_FOLDER, str(name)).scores
     path = os.path.join(directory, relative)
-    fallback = (f"Axolotl then fetches {PLUGIN_URL}snr_results_{slug}.json, and when that fails too "
+    fallback = (f"Axolotl then fetches {PLUGIN_URL}{os.path.basename(relative)}, and when that fails too "
                 "trains every parameter")
     problems: list[str] = []
     fraction = config.get("spectrum_top_fraction", 0.5)
