@@ -12,7 +12,7 @@ from spectrum.scoring import svd_numpy as host
 from spectrum.scoring.svd_torch import singular_values
 from spectrum.scoring.svd_numpy import StoredArray, gram_matrix, keep_gram_buffers
 from spectrum.scoring.snr import scores_from_singular_values
-from test_engine import constructed
+from helpers import constructed
 
 
 def stored(matrix: torch.Tensor) -> StoredArray:

@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from spectrum.errors import CorruptCheckpointError, SourceError, UsageError
-from conftest import expect_cli_failure
+from helpers import expect_cli_failure
 from spectrum.sources import open_source
 from spectrum.sources.safetensors import INDEX_FILE, LocalSafetensorsSource, SafetensorsFile, shards_from_index
 
