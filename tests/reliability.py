@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import cli_env
+from helpers import cli_env
 from spectrum.workflow import load_or_scan
 
 SLOW_MATRICES = 40

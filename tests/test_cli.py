@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from conftest import load_json, run_cli
+from helpers import load_json, run_cli
 from spectrum._version import __version__
 
 
@@ -145,7 +145,7 @@ def test_a_cpu_scan_of_safetensors_imports_no_torch(tiny_llama_dir, tmp_path, mo
     import subprocess
     import sys
 
-    from conftest import cli_env
+    from helpers import cli_env
 
     environment = cli_env(dict(os.environ, SPECTRUM_CACHE=str(tmp_path / "views")))
     run = subprocess.run([sys.executable, "-c", _IMPORTS_PROBE, "--model", str(tiny_llama_dir), "--device", "cpu",
@@ -189,7 +189,7 @@ def test_a_fine_tune_of_a_model_scanned_before_needs_no_transformers(tiny_llama_
     import subprocess
     import sys
 
-    from conftest import cli_env
+    from helpers import cli_env
 
     environment = cli_env(dict(os.environ, SPECTRUM_CACHE=str(tmp_path / "views")))
     base = run_cli("--model", str(tiny_llama_dir), "--device", "cpu", "--top-percent", "50", cwd=tmp_path, env=environment)
@@ -220,7 +220,7 @@ def test_cached_run_imports_neither_torch_nor_transformers(tiny_llama_dir, tmp_p
     import subprocess
     import sys
 
-    from conftest import cli_env
+    from helpers import cli_env
 
     work = tmp_path / "work"
     work.mkdir()

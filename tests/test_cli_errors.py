@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli_env, load_json, offline_env, run_cli
+from helpers import cli_env, load_json, offline_env, run_cli
 from spectrum.cache.scores_file import scores_path
 
 GOOD_SCORES = {

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO_ROOT, load_json, run_cli
+from helpers import REPO_ROOT, load_json, run_cli
 from spectrum.report.summary import compact_ranges
 
 
@@ -199,7 +199,7 @@ def test_json_is_standard_with_infinite_scores(tmp_path):
     scores = {f"model.layers.{i}.input_layernorm": {"snr": float("inf") if i else 0.5, "type": "input_layernorm"}
               for i in range(3)}
     (cache / "snr_results_org-m.json").write_text(json.dumps(scores))
-    from conftest import offline_env
+    from helpers import offline_env
 
     result = run_cli("--model", "org/m", "--json", "--top-percent", "34", cwd=tmp_path, env=offline_env(tmp_path / "hf"))
     assert result.returncode == 0, result.stderr

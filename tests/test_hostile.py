@@ -23,7 +23,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from conftest import cli_env
+from helpers import cli_env
 from reliability import listing
 from spectrum.cache.scores_file import read_scores
 from spectrum.selection.topk import literal_entry
@@ -122,7 +122,7 @@ def test_names_that_look_like_markup_are_printed_as_text(tmp_path):
     style; both are text here. Off a terminal, without COLUMNS, the summary is not folded to 80 columns."""
     import os
 
-    from conftest import cli_env
+    from helpers import cli_env
 
     tensors = {f"model.layers.{i}.mlp.[/x].experts_with_a_long_type_name[v2].weight": torch.randn(8, 4) for i in range(3)}
     tensors["model.layers.1.mlp.[/x].experts_with_a_long_type_name[v2].weight"][0, 0] = math.nan

@@ -27,7 +27,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import cli_env
+from helpers import cli_env
 from reliability import listing
 from spectrum.cache.scores_file import STALE_TEMPORARY_SECONDS, meta_path, remove_stale_temporaries
 from spectrum.errors import CacheError

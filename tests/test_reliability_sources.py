@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import load_json, run_cli
+from helpers import load_json, run_cli
 from reliability import listing, start_cli, wait_for_scores
 
 
@@ -54,7 +54,7 @@ def _truncate_mid_scan(model: Path, work: Path) -> subprocess.CompletedProcess:
 def test_gguf_cut_short_mid_scan_is_one_line_not_a_sigbus(tmp_path):
     """The real SmolLM2 Q4_1 GGUF, copied, then truncated while it is scanned: its tensors are read with
     `readinto`, not through the memory map, so a short file is an error (it was SIGBUS, exit -7)."""
-    from test_sources_gguf import smollm2_gguf
+    from helpers import smollm2_gguf
 
     model = tmp_path / "smollm2.gguf"
     shutil.copy(smollm2_gguf(), model)

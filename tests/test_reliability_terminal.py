@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import cli_env, save_tiny_llama
+from helpers import cli_env, save_tiny_llama
 
 HOSTILE = {
     "title": "\x1b]0;pwned\x07",  # OSC 0: retitles the window

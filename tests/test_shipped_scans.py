@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import spectrum
-from conftest import REPO_ROOT, load_json
+from helpers import REPO_ROOT, load_json
 from spectrum.naming import slug
 
 SHIPPED = REPO_ROOT / "model_snr_results"

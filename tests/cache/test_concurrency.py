@@ -14,7 +14,7 @@ import threading
 import time
 
 
-from conftest import load_json
+from helpers import load_json
 from reliability import listing, score_lines, start_cli, wait_for_scores
 from reliability import reference_bytes, slow_model  # noqa: F401 (fixtures)
 from spectrum.cache.lock import EntryLock, lock_path
@@ -151,7 +151,7 @@ def hold_in_another_process(path: str) -> subprocess.Popen:
 
 
 def test_a_failed_first_scan_into_new_nested_folders_leaves_none_behind(tmp_path, tiny_llama_dir):
-    from conftest import run_cli
+    from helpers import run_cli
 
     broken = tmp_path / "model"
     broken.mkdir()

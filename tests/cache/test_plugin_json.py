@@ -18,12 +18,12 @@ import pytest
 import torch
 
 import spectrum
-from conftest import run_cli
+from helpers import run_cli
 from spectrum.cache.scores_file import scores_path, scores_to_json, tensors_path
 from spectrum.selection.topk import yaml_entries
 from spectrum.selection.model_view import unmatched_entries
 from spectrum.workflow import checked_yaml
-from test_trainer_names import small
+from helpers import small
 
 PLUGIN_EMBEDDING_LINES = ["^lm_head.weight$", "^model.embed_tokens.weight$"]
 FAMILIES = ("llama", "mixtral", "qwen2_moe", "gpt_oss", "qwen2_vl", "llava", "gemma3")
@@ -158,7 +158,7 @@ def test_the_plugin_file_follows_the_view_across_runs(tmp_path):
 
 
 def test_shipped_scans_still_load():
-    from conftest import REPO_ROOT
+    from helpers import REPO_ROOT
 
     for name, count in (("sentence-transformers/all-MiniLM-L6-v2", 36), ("HuggingFaceTB/SmolLM2-135M-Instruct", 210)):
         scores = spectrum.load_scores(name, cache_dir=str(REPO_ROOT / "model_snr_results"))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import COMMIT, build_hf_cache, load_json, offline_env, run_cli
+from helpers import COMMIT, build_hf_cache, load_json, offline_env, run_cli
 
 MINILM_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
 

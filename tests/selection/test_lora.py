@@ -15,7 +15,7 @@ import transformers as T
 import yaml
 
 import spectrum
-from conftest import run_cli
+from helpers import run_cli
 from spectrum.selection.freeze import trainer_view
 from spectrum.selection.lora import module_regex, parameter_regex
 from spectrum.scores import Scores

@@ -12,7 +12,7 @@ import os
 import pytest
 import transformers as T
 
-from conftest import build_hf_cache, offline_env, run_cli
+from helpers import build_hf_cache, offline_env, run_cli
 from spectrum.cli import main
 
 TEXT = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,

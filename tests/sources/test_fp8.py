@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import run_cli
+from helpers import run_cli
 from spectrum.errors import SpectrumError, UnsupportedFormatError
 from spectrum.scoring.checkpoint import scan, take_inventory
 from spectrum.sources import open_source

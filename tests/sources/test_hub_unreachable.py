@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import build_hf_cache, offline_env, run_cli
+from helpers import build_hf_cache, offline_env, run_cli
 
 
 @pytest.mark.parametrize("hub", ["refuses", "never answers"])

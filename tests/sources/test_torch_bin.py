@@ -12,7 +12,7 @@ import pytest
 import torch
 from huggingface_hub import save_torch_state_dict
 
-from conftest import run_cli, expect_cli_failure
+from helpers import run_cli, expect_cli_failure
 from spectrum.errors import CorruptCheckpointError, UnsupportedFormatError
 from spectrum.scoring.checkpoint import scan
 from spectrum.sources import open_source

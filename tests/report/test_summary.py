@@ -106,8 +106,8 @@ def test_dense_summary_is_the_same_either_way():
 def test_the_terminal_summary_of_a_moe_model_shows_fused_rows(tmp_path):
     import json
 
-    from conftest import run_cli
-    from test_trainer_names import small
+    from helpers import run_cli
+    from helpers import small
 
     small("mixtral").save_pretrained(tmp_path / "m")
     result = run_cli("--model", str(tmp_path / "m"), "--top-percent", "50", "--device", "cpu", "--output", "o.yaml",

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from conftest import COMMIT, load_json, run_cli
+from helpers import COMMIT, load_json, run_cli
 from fake_hub import FakeHub, online_env
 
 

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT, cli_env, load_json
+from helpers import REPO_ROOT, cli_env, load_json
 from spectrum.scoring.distributed import World, _balanced, share
 
 

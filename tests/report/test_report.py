@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 from spectrum.cache.scores_file import write_scores
 from spectrum.report.heatmap import heatmap_grid, heatmap_size
 from spectrum.scores import ModuleScore, Scores
@@ -215,7 +215,7 @@ def test_html_renders_in_headless_chromium(cache, tmp_path):
 
 
 def test_after_an_incremental_types_scan_the_report_and_sidecar_tell_the_cli_s_figures(tmp_path):
-    from conftest import load_json, save_tiny_llama
+    from helpers import load_json, save_tiny_llama
 
     model = save_tiny_llama(tmp_path / "weights")
     sidecar = tmp_path / "model_snr_results" / "snr_results_t.meta.json"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import load_json
+from helpers import load_json
 from reference import reference_score_from_values
 from spectrum.scoring.snr import gavish_donoho_omega, score_from_singular_values, scores_from_singular_values
 from spectrum.workflow import load_or_scan

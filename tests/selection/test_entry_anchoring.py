@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 import spectrum
-from conftest import run_cli
+from helpers import run_cli
 from spectrum.scores import ModuleScore, Scores
 from spectrum.selection.topk import entry_for, yaml_entries
 from spectrum.selection.model_view import overreaching_entries

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import COMMIT, build_hf_cache, load_json, run_cli
+from helpers import COMMIT, build_hf_cache, load_json, run_cli
 from reliability import SLOW_MATRICES, listing, score_lines, start_cli, wait_for_scores
 from reliability import reference_bytes, slow_model  # noqa: F401 (fixtures)
 from spectrum.cache.scores_file import scores_path

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import run_cli
+from helpers import run_cli
 from spectrum.errors import UnsupportedFormatError
 from spectrum.sources import open_source
 

@@ -5,25 +5,14 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from reference import matrix_with_spectrum, reference_score
+from helpers import constructed
+from reference import reference_score
 from spectrum.scoring.svd_torch import resolve_device, singular_values
 from spectrum.errors import UsageError
 from spectrum.scoring.svd_numpy import resolve_method
 from spectrum.scoring.snr import scores_from_singular_values
 
 SHAPES = [(96, 96), (64, 200), (200, 64), (1, 50), (50, 1)]
-
-
-def constructed(rows: int, cols: int, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    k = min(rows, cols)
-    bulk = np.sort(rng.uniform(0.5, 1.5, k))[::-1]
-    spectra = {
-        "outlier-dominated": np.concatenate([[500.0, 40.0], bulk[2:]])[:k],
-        "low-rank-plus-noise": np.concatenate([np.linspace(50, 20, 5), 1e-2 * bulk[5:]])[:k],
-        "heavy-tailed": np.sort(rng.pareto(1.2, k) + 0.05)[::-1],
-    }
-    return {name: matrix_with_spectrum(values, rows, cols, seed).astype(np.float32) for name, values in spectra.items()}
 
 
 @pytest.mark.parametrize("method", ["gram", "svd"])

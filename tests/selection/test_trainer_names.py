@@ -11,51 +11,13 @@ import torch
 import transformers as T
 from safetensors.torch import save_file
 
-from conftest import run_cli
+from helpers import run_cli, small
 from reference import reference_score
 from spectrum.errors import SpectrumError
 from spectrum.scoring.checkpoint import scan
 from spectrum.selection.topk import yaml_entries
 from spectrum.selection.model_view import axolotl_pattern, build_view, cached_view, unmatched_entries
 from spectrum.workflow import ScanOptions, checked_yaml, model_config
-
-
-def small(family: str, layers: int = 2):
-    """A tiny random model of each family, as transformers builds it (`layers` in its language model)."""
-    torch.manual_seed(0)
-    text = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=layers, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=32)
-    if family == "llama":
-        return T.LlamaForCausalLM(T.LlamaConfig(**text))
-    if family == "gpt_oss":
-        return T.GptOssForCausalLM(T.GptOssConfig(**text, num_local_experts=4, num_experts_per_tok=2, head_dim=8))
-    if family == "qwen2_vl":
-        vision = dict(depth=2, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2, patch_size=4, spatial_merge_size=2,
-                      temporal_patch_size=2, in_channels=3)
-        return T.Qwen2VLForConditionalGeneration(T.Qwen2VLConfig(
-            text_config=dict(text, rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}), vision_config=vision))
-    if family == "gemma3":
-        vision = T.SiglipVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                                      image_size=32, patch_size=8)
-        return T.Gemma3ForConditionalGeneration(T.Gemma3Config(
-            text_config=T.Gemma3TextConfig(**text, head_dim=8).to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=4))
-    if family == "mixtral":
-        return T.MixtralForCausalLM(T.MixtralConfig(**text, num_local_experts=4, num_experts_per_tok=2))
-    if family == "qwen2_moe":
-        return T.Qwen2MoeForCausalLM(T.Qwen2MoeConfig(**text, moe_intermediate_size=24, shared_expert_intermediate_size=40,
-                                                      num_experts=4, num_experts_per_tok=2))
-    if family == "llava":
-        vision = T.CLIPVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                                    image_size=32, patch_size=8, projection_dim=32)
-        return T.LlavaForConditionalGeneration(T.LlavaConfig(vision_config=vision, text_config=T.LlamaConfig(**text),
-                                                             image_token_index=95))
-    if family == "gpt2":
-        return T.GPT2LMHeadModel(T.GPT2Config(vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_positions=32,
-                                              bos_token_id=0, eos_token_id=0))
-    if family == "t5":
-        return T.T5ForConditionalGeneration(T.T5Config(vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_layers=2,
-                                                       num_decoder_layers=2, num_heads=4))
-    raise ValueError(family)
 
 
 @pytest.fixture(scope="module")

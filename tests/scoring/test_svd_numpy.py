@@ -13,7 +13,7 @@ from spectrum.scoring.svd_torch import singular_values
 from spectrum.scoring.svd_numpy import gram_matrix, keep_gram_buffers
 from spectrum.sources.dtypes import StoredArray
 from spectrum.scoring.snr import scores_from_singular_values
-from test_engine import constructed
+from helpers import constructed
 
 
 def stored(matrix: torch.Tensor) -> StoredArray:

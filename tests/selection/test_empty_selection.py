@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import spectrum
-from conftest import run_cli
+from helpers import run_cli
 from spectrum.scores import ModuleScore, Scores
 from spectrum.selection.topk import keep_count, smallest_percent_keeping_one
 
