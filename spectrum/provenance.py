@@ -264,6 +264,9 @@ class Provenance:
     # Sidecar keys written back exactly as read: those this version does not know, and those its typed
     # fields would not write back identically (wrong types, hand edits, older layouts).
     verbatim: dict[str, Any] = field(default_factory=dict)
+    # The keys in the order they were read, which `to_json_dict` keeps (a dict's order is what its readers
+    # iterate); keys set since come after them. Empty for a record a scan made: the fields' order.
+    read_order: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     @classmethod
     def from_json_dict(cls, data: Mapping[str, Any]) -> "Provenance":
@@ -281,14 +284,14 @@ class Provenance:
                 values[key] = typed
             if typed is None or typed == spec.default or not _identical(_to_json(typed), value):
                 verbatim[key] = copy.deepcopy(value)
-        return cls(**values, verbatim=verbatim)
+        return cls(**values, verbatim=verbatim, read_order=tuple(data))
 
     def to_json_dict(self) -> dict[str, Any]:
         """The sidecar's JSON object: the fields a scan records in its order (the absent ones left out),
-        each kept `verbatim` value at its key, then unknown keys in the order they were read."""
+        each kept `verbatim` value at its key, then unknown keys; a record read from JSON keeps its order."""
         data: dict[str, Any] = {}
         for spec in fields(self):
-            if spec.name == "verbatim":
+            if spec.name in ("verbatim", "read_order"):
                 continue
             if spec.name in self.verbatim:
                 data[spec.name] = copy.deepcopy(self.verbatim[spec.name])
@@ -298,7 +301,11 @@ class Provenance:
                 data[spec.name] = _to_json(value)
         for key, value in self.verbatim.items():
             data.setdefault(key, copy.deepcopy(value))
-        return data
+        if not self.read_order:
+            return data
+        ordered = {key: data[key] for key in self.read_order if key in data}
+        ordered.update(data)
+        return ordered
 
     def updated(self, **changes: Any) -> "Provenance":
         """A copy with these fields changed; what was kept verbatim for them is dropped (the new values are written)."""

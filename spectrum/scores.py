@@ -53,7 +53,7 @@ class _StoredFused:
         return tensor_name
 
 
-@dataclass(init=False)
+@dataclass(init=False, repr=False)
 class Scores:
     """Scores of every scanned matrix of a model, plus what is known of where they came from.
 
@@ -87,6 +87,9 @@ class Scores:
     @meta.setter
     def meta(self, value: Mapping[str, Any]) -> None:
         self.provenance = Provenance.from_json_dict(value)
+
+    def __repr__(self) -> str:  # as it read when the provenance was a dict: the sidecar's keys, not every field
+        return f"Scores(model={self.model!r}, entries={self.entries!r}, meta={self.meta!r})"
 
     def types(self) -> list[str]:
         """Module types in first-appearance order."""
