@@ -18,8 +18,8 @@ def load_scores(path_or_model: str | os.PathLike, *, cache_dir: str = DEFAULT_CA
         cache_dir: the folder of scores files (default `./model_snr_results`).
 
     Returns:
-        `Scores`, with the sidecar's provenance in `meta` when there is one; `model` is the name it
-        was scanned under when the sidecar records it.
+        `Scores`, with the sidecar's provenance in `provenance` (and as its JSON object in `meta`) when there
+        is one; `model` is the name it was scanned under when the sidecar records it.
 
     Raises:
         CacheError: nothing cached for that model (the message says how to scan it), or an unreadable file.
