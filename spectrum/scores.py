@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 from ._version import __version__
 from .naming import is_input_embedding, is_output_head, module_name
+from .provenance import DEFAULT_THRESHOLD, Provenance
 from .selection.topk import (
     DEFAULT_EMBEDDING_PATTERNS,
     NameIndex,
@@ -22,7 +24,6 @@ from .selection.topk import (
     trainer_entries,
 )
 
-DEFAULT_THRESHOLD = "marchenko-pastur"  # the reference's signal/noise split of the singular values
 THRESHOLDS = (DEFAULT_THRESHOLD, "gavish-donoho")  # what a score can be made with (the sidecar records which)
 
 
@@ -44,30 +45,51 @@ class _StoredFused:
     fused: set[str]
 
     @classmethod
-    def of(cls, meta: dict) -> "_StoredFused | None":
-        names = meta.get("fused_tensors")
-        if not isinstance(names, list):
-            return None
-        fused = {name for name in names if isinstance(name, str)}
+    def of(cls, provenance: Provenance) -> "_StoredFused | None":
+        fused = set(provenance.fused_tensors or ())
         return cls(dict.fromkeys(fused, ()), fused) if fused else None
 
     def parameter_of(self, tensor_name: str) -> str:
         return tensor_name
 
 
-@dataclass
+@dataclass(init=False, repr=False)
 class Scores:
     """Scores of every scanned matrix of a model, plus what is known of where they came from.
 
     Args:
         model: the model id or path they belong to.
         entries: module name -> ModuleScore, in file order.
-        meta: provenance from the sidecar file, when there is one.
+        meta: provenance as the sidecar's JSON object (as `Scores.meta` gives it); or
+        provenance: the typed record itself (`spectrum.provenance.Provenance`). Neither: none is known.
     """
 
     model: str
     entries: dict[str, ModuleScore]
-    meta: dict = field(default_factory=dict)
+    provenance: Provenance
+
+    def __init__(
+        self, model: str, entries: dict[str, ModuleScore], meta: Mapping[str, Any] | None = None, *,
+        provenance: Provenance | None = None,
+    ) -> None:
+        if meta is not None and provenance is not None:
+            raise TypeError("Scores() takes meta or provenance, not both")
+        self.model = model
+        self.entries = entries
+        self.provenance = provenance if provenance is not None else Provenance.from_json_dict(meta or {})
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The provenance as the sidecar's JSON object (`{}` without one): a new dict on each access, so
+        changing it changes nothing; assign `meta` (or `provenance`) to change the provenance."""
+        return self.provenance.to_json_dict()
+
+    @meta.setter
+    def meta(self, value: Mapping[str, Any]) -> None:
+        self.provenance = Provenance.from_json_dict(value)
+
+    def __repr__(self) -> str:  # as it read when the provenance was a dict: the sidecar's keys, not every field
+        return f"Scores(model={self.model!r}, entries={self.entries!r}, meta={self.meta!r})"
 
     def types(self) -> list[str]:
         """Module types in first-appearance order."""
@@ -79,7 +101,7 @@ class Scores:
     ) -> tuple[list[tuple[str, float, str]], dict[str, str]]:
         rows = [(module, score.snr, score.type) for module, score in self.entries.items()
                 if types is None or score.type in types]
-        return trainer_entries(rows, view or _StoredFused.of(self.meta), group_experts=group_experts, sources=sources)
+        return trainer_entries(rows, view or _StoredFused.of(self.provenance), group_experts=group_experts, sources=sources)
 
     def type_counts(
         self, types: set[str] | None = None, *, view: ParameterNames | None = None, group_experts: bool = False
@@ -98,10 +120,9 @@ class Scores:
         if view is not None:
             return NameIndex(view.parameters)
         names = [module + ".weight" for module in self.entries]
-        fused = self.meta.get("fused_tensors")
-        names += [name for name in fused if isinstance(name, str)] if isinstance(fused, list) else []
-        recorded = self.meta.get("embeddings")
-        names += [name for name in recorded.values() if isinstance(name, str)] if isinstance(recorded, dict) else []
+        names += self.provenance.fused_tensors or ()
+        recorded = self.provenance.embeddings
+        names += recorded.tensor_names() if recorded is not None else []
         return NameIndex(names)
 
     def plugin_view(self, view: ParameterNames) -> dict[str, ModuleScore]:
@@ -116,7 +137,8 @@ class Scores:
     def without(self, modules: Iterable[str]) -> "Scores":
         """These scores less the given modules (same provenance)."""
         gone = set(modules)
-        return Scores(self.model, {module: score for module, score in self.entries.items() if module not in gone}, self.meta)
+        return Scores(self.model, {module: score for module, score in self.entries.items() if module not in gone},
+                      provenance=self.provenance)
 
     def by_type(
         self,
@@ -157,11 +179,10 @@ class Scores:
                 output = next((p for p in view.parameters if is_output_head(module_name(p) or p)), None)
                 inputs = next((p for p in view.parameters if is_input_embedding(module_name(p) or p)), None)
             return [f"^{literal_entry(name)}$" for name in (output, inputs) if name]
-        recorded = self.meta.get("embeddings")
-        if not isinstance(recorded, dict):
+        recorded = self.provenance.embeddings
+        if recorded is None:
             return list(DEFAULT_EMBEDDING_PATTERNS)
-        names = [recorded.get("output"), recorded.get("input")]
-        return [f"^{literal_entry(name)}$" for name in names if isinstance(name, str)]
+        return [f"^{literal_entry(name)}$" for name in (recorded.output, recorded.input) if name is not None]
 
     def to_yaml(
         self,

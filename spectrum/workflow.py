@@ -27,7 +27,6 @@ from .cache.staleness import (
     check_entry_names,
     identity,
     keep_or_discard,
-    left_out,
     merge,
     plan,
     refresh_plugin_file,
@@ -183,8 +182,8 @@ def load_or_scan(
                       device=options.device, threads=options.threads, keep_shards=options.keep_shards,
                       threshold=options.threshold, on_progress=progress, journal=journal)
         if options.name:  # the name stands for the model everywhere (YAML header, sidecar); source.location keeps the path
-            scores.meta["name"] = options.name
-            scores.meta["model"] = scores.model = options.name
+            scores.provenance = scores.provenance.updated(model=options.name, name=options.name)
+            scores.model = options.name
         return scores
 
     def settle(chosen: Plan, journal: PartialScan | None) -> Outcome:
@@ -276,7 +275,7 @@ class RunResult:
         return summary_record(
             self.options.name or self.options.model, self.summaries, top_percent=self.options.top_percent,
             scanned=self.scanned, seconds=self.seconds, scores_file=self.cache_file,
-            yaml_file=self.selection_file or "<stdout>", threshold=self.scores.meta.get("threshold", DEFAULT_THRESHOLD),
+            yaml_file=self.selection_file or "<stdout>", threshold=self.scores.provenance.threshold_used,
         )
 
 
@@ -350,7 +349,7 @@ def types_to_select(scores: Scores, options: ScanOptions) -> set[str] | None:
         return default_types_of(scores)
     selected = {t for t in scores.types() if type_matches(t, patterns)}
     if not selected:  # as the scan says it, when the scores are cached
-        if any(type_matches(entry["type"], patterns) for entry in left_out(scores.meta).values()):
+        if any(type_matches(entry.type, patterns) for entry in (scores.provenance.left_out or {}).values()):
             raise SpectrumError("every matrix of the requested types was left out when scanned (NaN or infinite "
                                 "entries, or values beyond float64; the scan named each); choose other --types")
         raise SpectrumError("no weight matrix matches the requested types; run with --list-types to see the checkpoint's types")
@@ -361,10 +360,10 @@ def default_types_of(scores: Scores) -> set[str] | None:
     """The types a run without --types selects: those inside numbered layers, as a scan without --types
     scores them, even when the cache also holds others an earlier `--types` run added. None (every
     cached type) for a file without a sidecar, which cannot tell."""
-    recorded = scores.meta.get("checkpoint_types")
-    if not isinstance(recorded, dict):
+    recorded = scores.provenance.checkpoint_types
+    if recorded is None:
         return None
-    layered = {name for name, entry in recorded.items() if isinstance(entry, dict) and entry.get("layered")}
+    layered = {name for name, entry in recorded.items() if entry.layered}
     return {type_name for type_name in scores.types() if type_name in layered}
 
 

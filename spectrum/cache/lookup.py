@@ -18,8 +18,8 @@ def load_scores(path_or_model: str | os.PathLike, *, cache_dir: str = DEFAULT_CA
         cache_dir: the folder of scores files (default `./model_snr_results`).
 
     Returns:
-        `Scores`, with the sidecar's provenance in `meta` when there is one; `model` is the name it
-        was scanned under when the sidecar records it.
+        `Scores`, with the sidecar's provenance in `provenance` (and as its JSON object in `meta`) when there
+        is one; `model` is the name it was scanned under when the sidecar records it.
 
     Raises:
         CacheError: nothing cached for that model (the message says how to scan it), or an unreadable file.
@@ -27,8 +27,8 @@ def load_scores(path_or_model: str | os.PathLike, *, cache_dir: str = DEFAULT_CA
     text = os.fspath(path_or_model)
     if text.endswith(".json") and os.path.isfile(text):
         scores = read_scores(text, text)
-        recorded = scores.meta.get("name") or scores.meta.get("model")
-        return Scores(recorded if isinstance(recorded, str) else text, scores.entries, scores.meta)
+        recorded = scores.provenance.scanned_as
+        return Scores(recorded if recorded is not None else text, scores.entries, provenance=scores.provenance)
     cache_file = scores_path(cache_dir, text)
     if not os.path.isfile(cache_file):
         raise CacheError(

@@ -33,6 +33,7 @@ import time
 from ..errors import CacheError, SpectrumError
 from ..files import kind_of, read_regular_text
 from .entry import DEFAULT_CACHE_DIR, CacheEntry  # noqa: F401 (DEFAULT_CACHE_DIR re-exported)
+from ..provenance import Provenance
 from ..scores import ModuleScore, Scores
 
 def scores_path(cache_dir: str, slug_source: str) -> str:
@@ -189,9 +190,7 @@ def scores_to_json(entries: dict[str, ModuleScore]) -> str:
     return json.dumps(payload, indent=4) + "\n"
 
 
-SIDECAR_MISMATCH = "sidecar_mismatch"  # the meta of scores whose sidecar describes another scores file
-PLUGIN_NAMES = "plugin_names"  # sidecar: "trainer" when the scores file holds the trainer's names (absent: the checkpoint's)
-_WRITTEN_KEYS = ("scores_sha256", PLUGIN_NAMES, "plugin_sha256", SIDECAR_MISMATCH)  # set by write_scores only
+SIDECAR_MISMATCH = "sidecar_mismatch"  # the `Scores.meta` key of `Provenance.sidecar_mismatch`
 
 
 def _text_digest(text: str) -> str:
@@ -212,18 +211,19 @@ def write_scores(path: str, scores: Scores, *, plugin: dict[str, ModuleScore] | 
     """
     text = scores_to_json(scores.entries)
     plugin_text = None if plugin is None else scores_to_json(plugin)
-    meta = {key: value for key, value in scores.meta.items() if key not in _WRITTEN_KEYS}
+    # What this function records is its own to set: whatever the scores carried of it is dropped.
+    provenance = scores.provenance.updated(scores_sha256=None, plugin_names=None, plugin_sha256=None,
+                                           sidecar_mismatch=False)
     sidecar = meta_path(path)
     if plugin_text is not None and plugin_text != text:
-        meta.update({"scores_sha256": _text_digest(text), PLUGIN_NAMES: "trainer",
-                     "plugin_sha256": _text_digest(plugin_text)})
-        atomic_write_text(sidecar, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        provenance = provenance.updated(scores_sha256=_text_digest(text), plugin_names="trainer",
+                                        plugin_sha256=_text_digest(plugin_text))
+        atomic_write_text(sidecar, sidecar_text(provenance))
         atomic_write_text(tensors_path(path), text)
         atomic_write_text(path, plugin_text)
         return
-    if meta:
-        meta["scores_sha256"] = _text_digest(text)
-        atomic_write_text(sidecar, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    if not provenance.is_empty():
+        atomic_write_text(sidecar, sidecar_text(provenance.updated(scores_sha256=_text_digest(text))))
     else:
         try:  # a sidecar left from earlier scores would vouch for none of these
             os.unlink(sidecar)
@@ -236,6 +236,11 @@ def write_scores(path: str, scores: Scores, *, plugin: dict[str, ModuleScore] | 
         os.unlink(tensors_path(path))
     except OSError:
         pass
+
+
+def sidecar_text(provenance: Provenance) -> str:
+    """The sidecar file's text: keys sorted, two-space indents (the layout of every sidecar written so far)."""
+    return json.dumps(provenance.to_json_dict(), indent=2, sort_keys=True) + "\n"
 
 
 STALE_TEMPORARY_SECONDS = 5.0  # older than the gap between a temporary file's creation and its flock
@@ -332,12 +337,12 @@ def _is_number(value: object) -> bool:
 def read_scores(path: str, model: str) -> Scores:
     """Read a scores file (and its sidecar, if present): the per-checkpoint-tensor scores, from
     `tensors_path(path)` when the sidecar says the scores file is in the trainer's names. A sidecar
-    that records another scores text gives the meta `{SIDECAR_MISMATCH: True}` (with the scores file's
-    own entries, whatever names they have)."""
+    that records another scores text gives the provenance `Provenance(sidecar_mismatch=True)` (with the
+    scores file's own entries, whatever names they have)."""
     text = _read_text(path)
-    meta = read_meta(meta_path(path))
-    recorded = meta.get("scores_sha256")
-    if meta.get(PLUGIN_NAMES) == "trainer":
+    provenance = Provenance.from_json_dict(read_meta(meta_path(path)))
+    recorded = provenance.scores_sha256
+    if provenance.plugin_names == "trainer":
         try:
             tensors_text = _read_text(tensors_path(path))
         except CacheError:
@@ -345,12 +350,12 @@ def read_scores(path: str, model: str) -> Scores:
         if tensors_text is not None and recorded == _text_digest(tensors_text):
             # The scores file itself may be older or newer (a rewrite cut short): the next run with a
             # view of the model writes it again; these scores are what the sidecar describes.
-            return Scores(model=model, entries=parse_scores(tensors_text, tensors_path(path)), meta=meta)
-        return Scores(model=model, entries=parse_scores(text, path), meta={SIDECAR_MISMATCH: True})
+            return Scores(model, parse_scores(tensors_text, tensors_path(path)), provenance=provenance)
+        return Scores(model, parse_scores(text, path), provenance=Provenance(sidecar_mismatch=True))
     entries = parse_scores(text, path)
-    if isinstance(recorded, str) and recorded != _text_digest(text):
-        meta = {SIDECAR_MISMATCH: True}  # its provenance is another file's: none of it applies
-    return Scores(model=model, entries=entries, meta=meta)
+    if recorded is not None and recorded != _text_digest(text):
+        provenance = Provenance(sidecar_mismatch=True)  # its provenance is another file's: none of it applies
+    return Scores(model, entries, provenance=provenance)
 
 
 def _read_text(path: str) -> str:
@@ -372,7 +377,7 @@ def plugin_text_differs(path: str, plugin: dict[str, ModuleScore]) -> bool:
 
 
 def read_meta(path: str) -> dict:
-    """The sidecar's provenance, or {} when it is missing or unreadable (it is advisory).
+    """The sidecar's JSON object (`Provenance.from_json_dict` reads it), or {} when it is missing or unreadable (it is advisory).
 
     Raises:
         SpecialFileError: the sidecar is a FIFO, a device or far too large (reading it would hang).

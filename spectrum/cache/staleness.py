@@ -25,7 +25,6 @@ import re
 from dataclasses import dataclass
 
 from .scores_file import (
-    SIDECAR_MISMATCH,
     overlong_name,
     plugin_text_differs,
     read_scores,
@@ -35,11 +34,11 @@ from ..errors import SpecialFileError, SpectrumError, UsageError
 from ..files import read_regular_text
 from .journal import PartialScan, partial_path
 from .lock import EntryLock, lock_path
+from ..provenance import LeftOut, Provenance, ShardRecord
 from ..scores import Scores
 from ..sources.base import ShardInfo, sample_digest
 from ..naming import shown
 from ..naming import TypeFilter, natural_key
-from ..scores import DEFAULT_THRESHOLD
 
 
 LOG = logging.getLogger("spectrum")
@@ -72,7 +71,7 @@ def refresh_plugin_file(cache_file: str, scores: Scores, view) -> bool:
             if not os.path.exists(cache_file):
                 return False
             cached = read_scores(cache_file, scores.model)
-            if cached.meta.get(SIDECAR_MISMATCH) or cached.entries != scores.entries:
+            if cached.provenance.sidecar_mismatch or cached.entries != scores.entries:
                 return False  # replaced meanwhile: the run that wrote them writes its own
             if not plugin_text_differs(cache_file, plugin):
                 return False
@@ -125,11 +124,11 @@ def plan(cache_file: str, model: str, *, revision: str | None, type_filter: Type
     if not os.path.exists(cache_file):
         return Plan(wanted=type_filter)
     cached = read_scores(cache_file, model)
-    if cached.meta.get(SIDECAR_MISMATCH):
+    if cached.provenance.sidecar_mismatch:
         return Plan(wanted=type_filter, stale="their sidecar describes other scores (a write was cut short)")
-    if cached.meta.get("threshold", DEFAULT_THRESHOLD) != threshold:
+    if not cached.provenance.made_with(threshold):
         return Plan(wanted=type_filter)
-    reason = stale_reason(cached.meta, model, revision)
+    reason = stale_reason(cached.provenance, model, revision)
     if reason:
         return Plan(wanted=type_filter, stale=reason)
     missing = missing_types(cached, type_filter)
@@ -139,7 +138,7 @@ def plan(cache_file: str, model: str, *, revision: str | None, type_filter: Type
     return Plan(keep=cached, wanted=missing.__contains__ if missing else type_filter)
 
 
-def stale_reason(meta: dict, model: str, revision: str | None = None) -> str | None:
+def stale_reason(provenance: Provenance, model: str, revision: str | None = None) -> str | None:
     """Why cached scores no longer describe `model`'s weights, or None when they do (or it cannot be told).
 
     A local folder is compared by shard names and sizes, listed without reading any weights. A
@@ -148,34 +147,34 @@ def stale_reason(meta: dict, model: str, revision: str | None = None) -> str | N
     must be the one the scores were made for (or a short hash of their commit). A cache without
     provenance (made elsewhere), or whose weights are gone, cannot be checked and is trusted.
     """
-    source = meta.get("source")
-    if not isinstance(source, dict):
+    source = provenance.source
+    if source is None:
         return None
     expanded = os.path.expanduser(model)
     if os.path.exists(expanded):
-        return _shards_changed(source.get("shards"), _local_shards(expanded))
-    if source.get("kind") != "hub":
+        return _shards_changed(source.shards, _local_shards(expanded))
+    if source.kind != "hub":
         return None
-    location = source.get("location")
-    if isinstance(location, str) and location.lower() != model.lower():  # another repo under the same slug
+    location = source.location
+    if location is not None and location.lower() != model.lower():  # another repo under the same slug
         return f"they are for {location}, another repository whose name gives the same file name"
     commit = _cached_commit(model, revision)
-    recorded = source.get("revision")
-    if commit and isinstance(recorded, str) and recorded != commit:
+    recorded = source.revision
+    if commit and recorded is not None and recorded != commit:
         return (f"they are for commit {recorded[:12]}, and {revision or 'main'} is now commit {commit[:12]} "
                 "in the Hugging Face cache")
     if commit is None and revision is not None and not _names_commit(revision, recorded):
-        asked_then = source.get("requested_revision")  # None: main (or a file made before it was recorded)
+        asked_then = source.requested_revision  # None: main (or a file made before it was recorded)
         if asked_then != revision:
             return (f"they are for {asked_then or 'main'}"
-                    + (f" (commit {recorded[:12]})" if isinstance(recorded, str) else "")
+                    + (f" (commit {recorded[:12]})" if recorded is not None else "")
                     + f", and --revision {revision} is not known to the Hugging Face cache")
     return None
 
 
-def _names_commit(revision: str, recorded: object) -> bool:
+def _names_commit(revision: str, recorded: str | None) -> bool:
     """Whether `revision` is the recorded commit, or a short hash of it (7 hex digits or more)."""
-    return (isinstance(recorded, str) and len(revision) >= 7 and re.fullmatch(r"[0-9a-f]+", revision) is not None
+    return (recorded is not None and len(revision) >= 7 and re.fullmatch(r"[0-9a-f]+", revision) is not None
             and recorded.startswith(revision))
 
 
@@ -194,24 +193,24 @@ def _local_shards(path: str) -> list[ShardInfo] | None:
     return description.shards
 
 
-def _shards_changed(recorded: object, current: list[ShardInfo] | None) -> str | None:
+def _shards_changed(recorded: tuple[ShardRecord, ...] | None, current: list[ShardInfo] | None) -> str | None:
     """Why the shards differ from those recorded, or None. Names and sizes come from the listing; a
     shard whose mtime changed is compared by its sampled digest (a copy of the same files is not stale)."""
-    if current is None or not isinstance(recorded, list) or not recorded:
+    if current is None or not recorded:
         return None
-    then = {entry["name"]: entry for entry in recorded if isinstance(entry, dict) and isinstance(entry.get("name"), str)}
+    then = {entry.name: entry for entry in recorded if entry.name is not None}
     now = {shard.name: shard for shard in current}
     if set(then) != set(now):
         gone, new = sorted(set(then) - set(now), key=str), sorted(set(now) - set(then))
         parts = ([f"{_names(gone)} gone"] if gone else []) + ([f"{_names(new)} new"] if new else [])
         return "the weight files changed: " + ", ".join(parts)
     for name, shard in now.items():
-        size = then[name].get("size")
-        if isinstance(size, int) and shard.size is not None and size != shard.size:
+        size = then[name].size
+        if size is not None and shard.size is not None and size != shard.size:
             return f"{name} was {size} bytes when scanned and is {shard.size} bytes now"
     for name, shard in now.items():
-        digest = then[name].get("sample_sha256")
-        if not isinstance(digest, str) or shard.path is None or then[name].get("mtime_ns") == shard.mtime_ns:
+        digest = then[name].sample_sha256
+        if digest is None or shard.path is None or then[name].mtime_ns == shard.mtime_ns:
             continue
         try:
             if sample_digest(shard.path) != digest:
@@ -245,14 +244,14 @@ def missing_types(scores: Scores, type_filter: TypeFilter | None) -> set[str] | 
     Without a sidecar (a file made elsewhere) the request is taken as covered when at least
     one cached type matches it, as Axolotl would use the file as it is.
     """
-    checkpoint_types = scores.meta.get("checkpoint_types")
-    cached = set(scores.types()) | {entry["type"] for entry in left_out(scores.meta).values()}
-    if not isinstance(checkpoint_types, dict):
+    checkpoint_types = scores.provenance.checkpoint_types
+    cached = set(scores.types()) | {entry.type for entry in (scores.provenance.left_out or {}).values()}
+    if checkpoint_types is None:
         if type_filter is None or any(type_filter(type_name) for type_name in cached):
             return set()
         return None
     if type_filter is None:
-        wanted = {name for name, entry in checkpoint_types.items() if isinstance(entry, dict) and entry.get("layered")}
+        wanted = {name for name, entry in checkpoint_types.items() if entry.layered}
     else:
         wanted = {name for name in checkpoint_types if type_filter(name)}
     return wanted - cached
@@ -264,28 +263,16 @@ def merge(cached: Scores, fresh: Scores) -> Scores:
     combined = dict(cached.entries)
     combined.update(fresh.entries)
     ordered = dict(sorted(combined.items(), key=lambda item: (item[1].type, natural_key(item[0]))))
-    meta = dict(fresh.meta)
-    dropped = {module: why for module, why in left_out(cached.meta).items() if module not in fresh.entries}
-    dropped.update(left_out(fresh.meta))
-    meta.pop("left_out", None)
-    if dropped:
-        meta["left_out"] = dict(sorted(dropped.items()))
-    for key, places in (("seconds", 3), ("bytes_read", 0)):
-        before, now = cached.meta.get(key), meta.get(key)
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (before, now)):
-            meta[key] = round(before + now, 3) if places else before + now
-    return Scores(model=fresh.model, entries=ordered, meta=meta)
-
-
-def left_out(meta: dict) -> dict[str, dict[str, str]]:
-    """The matrices a scan could not score (NaN or infinite entries, values beyond float64), as the
-    sidecar records them: module -> {"type", "reason"}. A type whose every matrix is there is still
-    covered by the cache: scanning it again would only say the same."""
-    recorded = meta.get("left_out")
-    if not isinstance(recorded, dict):
-        return {}
-    return {module: entry for module, entry in recorded.items()
-            if isinstance(entry, dict) and isinstance(entry.get("type"), str)}
+    before, now = cached.provenance, fresh.provenance
+    dropped: dict[str, LeftOut] = {module: why for module, why in (before.left_out or {}).items()
+                                   if module not in fresh.entries}
+    dropped.update(now.left_out or {})
+    provenance = now.updated(left_out=dict(sorted(dropped.items())) or None)
+    if before.seconds is not None and now.seconds is not None:
+        provenance = provenance.updated(seconds=round(before.seconds + now.seconds, 3))
+    if before.bytes_read is not None and now.bytes_read is not None:
+        provenance = provenance.updated(bytes_read=before.bytes_read + now.bytes_read)
+    return Scores(fresh.model, ordered, provenance=provenance)
 
 
 _REASONS = {
@@ -297,9 +284,9 @@ _REASONS = {
 
 def _note_left_out(cache_file: str, cached: Scores) -> None:
     """One line, when cached scores answer, for the matrices their scan left out (it named each one)."""
-    dropped = left_out(cached.meta)
+    dropped = cached.provenance.left_out
     if dropped:
-        reasons = sorted({_REASONS.get(entry.get("reason"), "no score") for entry in dropped.values()})
+        reasons = sorted({_REASONS.get(entry.reason, "no score") for entry in dropped.values()})
         LOG.warning("%s: %d matrices have no score (%s), as their scan said; --rescan lists them again",
                     cache_file, len(dropped), ", ".join(reasons))
 

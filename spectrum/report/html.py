@@ -16,6 +16,7 @@ from .._version import __version__
 from ..cache.entry import CacheEntry
 from ..cache.scores_file import write_output_bytes
 from .heatmap import heatmap_grid, heatmap_png
+from ..provenance import Provenance
 from ..scores import Scores
 from ..selection.topk import format_percent, parse_top_percent
 from .summary import TypeSummary, compact_ranges, summarize
@@ -43,13 +44,6 @@ _CSP = (
     "style-src 'unsafe-inline'\">"
 )
 
-# Sidecar fields shown as provenance, in this order, with their labels.
-_PROVENANCE = [
-    ("name", "name"), ("model", "model argument"), ("note", "note"), ("version", "spectrum version"),
-    ("threshold", "threshold"), ("method", "singular values"), ("device", "device"), ("workers", "workers"),
-    ("seconds", "scan seconds"), ("bytes_read", "bytes read"), ("dtypes", "stored dtypes"),
-    ("world_size", "processes"),
-]
 
 
 @dataclass(frozen=True)
@@ -81,7 +75,7 @@ def render_html(scores: Scores, summaries: list[TypeSummary], top_percent: Fract
         (f'<img class="heatmap" alt="heatmap of scores by layer and module type" src="data:image/png;base64,'
          f'{base64.b64encode(png).decode("ascii")}">'),
         "<h2>Provenance</h2>",
-        _provenance_table(scores.meta),
+        _provenance_table(scores.provenance),
         "<h2>Module types</h2>",
         _types_table(summaries),
     ]
@@ -118,30 +112,34 @@ def write_report(
 
 
 def _display_name(scores: Scores) -> str:
-    name = scores.meta.get("name")
-    return name if isinstance(name, str) and name else scores.model
+    return scores.provenance.name or scores.model
 
 
 def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _provenance_table(meta: dict) -> str:
-    if not meta:
+def _provenance_table(provenance: Provenance) -> str:
+    if provenance.is_empty():
         return "<p>No sidecar: this scores file was made elsewhere, so nothing is known of how.</p>"
-    rows = [(label, meta[key]) for key, label in _PROVENANCE if meta.get(key) not in (None, "", [])]
-    source = meta.get("source")
-    if isinstance(source, dict):
-        rows.insert(1, ("source", " ".join(str(source[k]) for k in ("kind", "location") if source.get(k))))
-        if source.get("revision"):
-            rows.insert(2, ("revision", source["revision"]))
-        shards = source.get("shards") or []
-        if shards:
-            size = sum(shard.get("size") or 0 for shard in shards if isinstance(shard, dict))
-            rows.append(("shards", f"{len(shards)} ({size / 1e6:,.1f} MB)"))
-    shown = {"stored dtypes": lambda v: ", ".join(map(str, v)) if isinstance(v, list) else v,
-             "bytes read": lambda v: f"{v / 1e6:,.1f} MB" if isinstance(v, (int, float)) else v}
-    rows = [(label, shown[label](value) if label in shown else value) for label, value in rows]
+    shown: list[tuple[str, object]] = [  # in this order, with these labels; the absent and the empty left out
+        ("name", provenance.name), ("model argument", provenance.model), ("note", provenance.note),
+        ("spectrum version", provenance.version), ("threshold", provenance.threshold),
+        ("singular values", provenance.method), ("device", provenance.device), ("workers", provenance.workers),
+        ("scan seconds", provenance.seconds),
+        ("bytes read", None if provenance.bytes_read is None else f"{provenance.bytes_read / 1e6:,.1f} MB"),
+        ("stored dtypes", ", ".join(provenance.dtypes) if provenance.dtypes else None),
+        ("processes", provenance.world_size),
+    ]
+    rows = [(label, value) for label, value in shown if value not in (None, "")]
+    source = provenance.source
+    if source is not None:
+        rows.insert(1, ("source", " ".join(part for part in (source.kind, source.location) if part)))
+        if source.revision:
+            rows.insert(2, ("revision", source.revision))
+        if source.shards:
+            size = sum(shard.size or 0 for shard in source.shards)
+            rows.append(("shards", f"{len(source.shards)} ({size / 1e6:,.1f} MB)"))
     body = "".join(f"<tr><th>{_e(label)}</th><td>{_e(value)}</td></tr>" for label, value in rows)
     return f"<table>{body}</table>"
 

@@ -13,7 +13,7 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
 from .._version import __version__
@@ -23,6 +23,7 @@ from .svd_numpy import NUMPY_EIGVALSH_BELOW, cpu_threads_limited, keep_gram_buff
 from .svd_numpy import singular_values as host_singular_values
 from .inventory import Inventory, Matrix, TypeFilter, default_type_filter, take_inventory  # noqa: F401 (re-exported)
 from ..naming import is_layer_module, module_name, module_type, natural_key, without_expert_index
+from ..provenance import Embeddings, LeftOut, Provenance, ShardRecord, SourceRecord, TypeRecord
 from ..scores import ModuleScore, Scores
 from .pipeline import Batcher, Item, Reader, run_batches
 from .snr import DEFAULT_THRESHOLD, scores_from_singular_values
@@ -159,7 +160,7 @@ def scan_source(
     threshold: str = DEFAULT_THRESHOLD,
     on_progress: ProgressCallback | None = None,
     journal: Journal | None = None,
-) -> tuple[dict[str, ModuleScore], dict]:
+) -> tuple[dict[str, ModuleScore], Provenance]:
     """Score the chosen matrices of an open source.
 
     Args:
@@ -262,7 +263,7 @@ def scan_source(
         return [(item.key, next(scores) if ok else None) for item, ok in zip(batch, flags)]
 
     results: dict[str, ModuleScore] = dict(resumed)
-    left_out: dict[str, dict[str, str]] = {}  # module -> its type and why it has no score, for the sidecar
+    left_out: dict[str, LeftOut] = {}  # module -> its type and why it has no score, for the sidecar
     done = len(resumed)
     reader = Reader(produce, depth=workers + 1)
 
@@ -272,7 +273,7 @@ def scan_source(
             if score is None or not math.isfinite(score):
                 reason = "nan_or_inf_entries" if score is None else ("score_overflow" if math.isinf(score)
                                                                       else "singular_values_overflow")
-                left_out[matrix.module] = {"type": matrix.type, "reason": reason}
+                left_out[matrix.module] = LeftOut(matrix.type, reason)
             if score is None:
                 LOG.warning("%s has NaN or infinite entries; left out of the scores", matrix.info.name)
             elif math.isinf(score):  # finite singular values, but signal / noise / largest overflows
@@ -318,29 +319,30 @@ def scan_source(
     ordered = dict(sorted(results.items(), key=lambda item: (item[1].type, natural_key(item[0]))))
     after = {shard.name: shard for shard in source.describe().shards}  # Hub shard sizes are known once downloaded
     shards = [after.get(shard.name, shard) if shard.path is None else shard for shard in description.shards]
-    provenance = {
-        "tool": "spectrum",
-        "version": __version__,
-        "source": {
-            "kind": description.kind,
-            "location": description.location,
-            "revision": description.revision,
-            "shards": [_shard_record(shard, shard_states.get(shard.name)) for shard in shards],
-            **({"stored_types": description.stored_types} if description.stored_types else {}),
-        },
-        "dtypes": sorted({matrix.info.dtype for matrix in chosen}),
-        "method": concrete_method,
-        "threshold": threshold,
-        "device": str(compute_device),
-        "workers": workers,
-        "seconds": round(time.perf_counter() - started, 3),
-        "bytes_read": reader.bytes_read,
-        **({"resumed": len(resumed)} if resumed else {}),
-        "checkpoint_types": inventory.types(),
-        "embeddings": inventory.embeddings,
-        **({"left_out": dict(sorted(left_out.items()))} if left_out else {}),
-        **({"fused_tensors": fused} if (fused := _fused_tensors(chosen)) else {}),
-    }
+    provenance = Provenance(
+        tool="spectrum",
+        version=__version__,
+        source=SourceRecord(
+            kind=description.kind,
+            location=description.location,
+            revision=description.revision,
+            shards=tuple(_shard_record(shard, shard_states.get(shard.name)) for shard in shards),
+            stored_types=description.stored_types or None,
+        ),
+        dtypes=tuple(sorted({matrix.info.dtype for matrix in chosen})),
+        method=concrete_method,
+        threshold=threshold,
+        device=str(compute_device),
+        workers=workers,
+        seconds=round(time.perf_counter() - started, 3),
+        bytes_read=reader.bytes_read,
+        resumed=len(resumed) or None,
+        checkpoint_types={name: TypeRecord(entry["count"], tuple(map(tuple, entry["shapes"])), entry["layered"])
+                          for name, entry in inventory.types().items()},
+        embeddings=Embeddings(inventory.embeddings.get("input"), inventory.embeddings.get("output")),
+        left_out=dict(sorted(left_out.items())) or None,
+        fused_tensors=tuple(_fused_tensors(chosen)) or None,
+    )
     return ordered, provenance
 
 
@@ -419,16 +421,12 @@ def _check_unchanged(description: SourceDescription, states: dict[str, _ShardSta
             raise WeightsChangedError(state.path, change)
 
 
-def _shard_record(shard: ShardInfo, state: _ShardState | None = None) -> dict:
+def _shard_record(shard: ShardInfo, state: _ShardState | None = None) -> ShardRecord:
     """A shard in the sidecar: name and size; for a local file also its mtime and a sampled digest (taken
-    as the scan started), so that a later run can tell new weights of the same size (`store.stale_reason`)."""
-    record: dict = {"name": shard.name, "size": shard.size}
-    if shard.path is not None:
-        record["mtime_ns"] = shard.mtime_ns
-        digest = state.digest if state is not None else None
-        if digest is not None:
-            record["sample_sha256"] = digest
-    return record
+    as the scan started), so that a later run can tell new weights of the same size (`cache.staleness.stale_reason`)."""
+    if shard.path is None:
+        return ShardRecord(shard.name, shard.size)
+    return ShardRecord(shard.name, shard.size, shard.mtime_ns, state.digest if state is not None else None)
 
 
 def scan(
@@ -447,7 +445,7 @@ def scan(
     """Scan a local folder, a `.safetensors` file or a Hub id and return the scores (nothing is written).
 
     Under `torchrun`, each rank scans its share and every rank returns the whole result;
-    `Scores.meta["world_size"]` says how many processes took part. A `journal` (see `scan_source`)
+    `Scores.provenance.world_size` says how many processes took part. A `journal` (see `scan_source`)
     serves a single process only.
     """
     world = World.from_env()
@@ -473,16 +471,15 @@ def scan(
     if world.size > 1:
         combined = {module: score for part, _ in parts for module, score in part.items()}
         entries = dict(sorted(combined.items(), key=lambda item: (item[1].type, natural_key(item[0]))))
-        provenance["seconds"] = max(meta["seconds"] for _, meta in parts)
-        provenance["bytes_read"] = sum(meta["bytes_read"] for _, meta in parts)
-        provenance["devices"] = [meta["device"] for _, meta in parts]
-        provenance["matrices_per_rank"] = [len(part) for part, _ in parts]
-        left_out = {module: why for _, meta in parts for module, why in meta.get("left_out", {}).items()}
-        provenance.pop("left_out", None)
-        if left_out:
-            provenance["left_out"] = dict(sorted(left_out.items()))
-    provenance["world_size"] = world.size
-    provenance["model"] = model
-    if revision is not None and provenance["source"]["kind"] == "hub":
-        provenance["source"]["requested_revision"] = revision  # what a later run's --revision is compared with
-    return Scores(model=model, entries=entries, meta=provenance)
+        left_out = {module: why for _, rank in parts for module, why in (rank.left_out or {}).items()}
+        provenance = provenance.updated(
+            seconds=max(rank.seconds for _, rank in parts),
+            bytes_read=sum(rank.bytes_read for _, rank in parts),
+            devices=tuple(rank.device for _, rank in parts),
+            matrices_per_rank=tuple(len(part) for part, _ in parts),
+            left_out=dict(sorted(left_out.items())) or None,
+        )
+    provenance = provenance.updated(world_size=world.size, model=model)
+    if revision is not None and provenance.source.kind == "hub":  # what a later run's --revision is compared with
+        provenance = provenance.updated(source=replace(provenance.source, requested_revision=revision))
+    return Scores(model=model, entries=entries, provenance=provenance)

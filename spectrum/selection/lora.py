@@ -265,9 +265,7 @@ def lora_targets_for(selection, top_percent=None, *, model=None, config: str | N
                 names = scores.select(percent, view=view, group_experts=group_experts)
                 fused_sources = {s: t for s, t in view.renamed.items() if t in view.fused}
                 layout = layout_of(model_built, fused_sources=fused_sources)
-        stored = scores.meta.get("fused_tensors")
-        targets = targets_for(names, layout, fused=set(stored) if isinstance(stored, list) else set(),
-                              embeddings=embeddings)
+        targets = targets_for(names, layout, fused=set(scores.provenance.fused_tensors or ()), embeddings=embeddings)
     else:
         if model is None:
             raise ValueError("lora_targets() with a YAML or a list of entries needs model= (the entries are "
@@ -336,8 +334,7 @@ def checkpoint_targets(scores, top_percent, *, config: str | None, model: str, t
         fused_sources = {source: target for source, target in view.renamed.items() if target in view.fused}
         layout = layout_of(model_built, fused_sources=fused_sources)
     names = scores.select(top_percent, types, view=view, group_experts=group_experts)
-    stored = scores.meta.get("fused_tensors")
-    targets = targets_for(names, layout, fused=set(stored) if isinstance(stored, list) else set())
+    targets = targets_for(names, layout, fused=set(scores.provenance.fused_tensors or ()))
     if targets.unmatched:
         shown = ", ".join(targets.unmatched[:5]) + (f" and {len(targets.unmatched) - 5} more"
                                                      if len(targets.unmatched) > 5 else "")

@@ -489,9 +489,9 @@ def view_for_check(scores, *, config: str | None, model: str, check: bool | None
     view = None
     if config is not None:
         tensor_names = [module + ".weight" for module in scores.entries]
-        recorded = scores.meta.get("embeddings")
-        if isinstance(recorded, dict):
-            tensor_names += [name for name in recorded.values() if isinstance(name, str)]
+        recorded = scores.provenance.embeddings
+        if recorded is not None:
+            tensor_names += recorded.tensor_names()
         view = cached_view(config, tensor_names, build=build)
     too_old = name_check_version_problem(installed_transformers()) if config is not None else None
     if view is None and check:

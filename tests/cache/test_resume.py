@@ -27,8 +27,14 @@ from spectrum.errors import CacheError
 from spectrum.sources import open_source
 from spectrum.scores import ModuleScore
 from spectrum.scoring.snr import DEFAULT_THRESHOLD
-from spectrum.cache.staleness import stale_reason
+from spectrum.cache.staleness import stale_reason as stale_reason_of
+from spectrum.provenance import Provenance
 from spectrum.workflow import load_or_scan
+
+
+def stale_reason(meta: dict, model: str, revision: str | None = None) -> str | None:
+    """`stale_reason` of a sidecar given as its JSON object."""
+    return stale_reason_of(Provenance.from_json_dict(meta), model, revision)
 
 SCAN = ("--name", "slow", "--threads", "1", "--device", "cpu", "--quiet")
 
