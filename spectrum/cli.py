@@ -98,7 +98,7 @@ def _debug_parent() -> argparse.ArgumentParser:
 
 
 # Usage lines (argparse %-formats usage, not the raw description): the scan and the subcommand.
-USAGE = ("%(prog)s [scan] --model MODEL [options]\n       %(prog)s report MODEL [options]\n"
+USAGE = ("%(prog)s --model MODEL [options]\n       %(prog)s report MODEL [options]\n"
          "       %(prog)s verify CONFIG.yml | --model MODEL FILE.yaml")
 
 

@@ -285,16 +285,24 @@ def run(options: ScanOptions, *, on_progress: ProgressCallback | None = None) ->
     from .selection.model_view import checked_yaml, start_model_build, view_for_check
 
     started = time.perf_counter()
-    config = model_config(options)
     builds: list = []  # the name check's model, built while the scan computes
+    configs: list[str | None] = []  # looked up once, when first needed: a Hub run asks for config.json
+    # only after the shards' headers were read, and a cached run not before the cache answered
+
+    def config_of() -> str | None:
+        if not configs:
+            configs.append(model_config(options))
+        return configs[0]
 
     def start_build() -> None:  # called on rank 0 only, which writes the YAML
+        config = config_of()
         builds.append(start_model_build(config) if config else None)
 
     outcome = load_or_scan(options, on_progress=on_progress, on_scan_start=start_build)
     scores, cache_file = outcome.scores, outcome.cache_file
     if not World.from_env().is_main:  # under torchrun, rank 0 writes everything
         return None
+    config = config_of()
     types = types_to_select(scores, options)
     view = None
     try:

@@ -256,7 +256,7 @@ def test_interactive_with_models_piped_in_goes_on_with_the_flags(tmp_path, env, 
     import sys
 
     result = subprocess.run([sys.executable, "-m", "spectrum", "--models-from", "-", "--interactive", "--no-check",
-                             "--output", "-", "--quiet"], cwd=tmp_path, env=env, input=f"{tiny_llama_dir}\n",
+                             "--output", "-", "--quiet"], cwd=tmp_path, env=cli_env(env), input=f"{tiny_llama_dir}\n",
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stderr == "warning: --interactive needs a terminal on stdin; going on with the flags\n"

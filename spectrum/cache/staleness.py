@@ -31,14 +31,13 @@ from .scores_file import (
     write_scores,
 )
 from ..errors import SpecialFileError, SpectrumError, UsageError
-from ..files import read_regular_text
+from ..files import read_regular_text, sample_digest
 from .journal import PartialScan, partial_path
 from .lock import EntryLock, lock_path
 from ..provenance import LeftOut, Provenance, ShardRecord
 from ..scores import Scores
-from ..sources.base import ShardInfo, sample_digest
-from ..naming import shown
-from ..naming import TypeFilter, natural_key
+from ..sources.base import ShardInfo
+from ..naming import TypeFilter, natural_key, shown
 
 
 LOG = logging.getLogger("spectrum")

@@ -28,7 +28,8 @@ from ..scores import ModuleScore, Scores
 from .pipeline import Batcher, Item, Reader, run_batches
 from .snr import DEFAULT_THRESHOLD, scores_from_singular_values
 from ..sources import TensorSource, open_source
-from ..sources.base import ShardInfo, SourceDescription, TensorInfo, sample_digest
+from ..files import sample_digest
+from ..sources.base import ShardInfo, SourceDescription, TensorInfo
 from ..sources.quantized import FP8_SCALE_SUFFIX
 from ..sources.dtypes import DTYPE_SIZES, HOST_DTYPES
 

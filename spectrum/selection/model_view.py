@@ -211,7 +211,7 @@ def _config_key(config_path: str) -> str | None:
     try:
         transformers_version = metadata.version("transformers")
         if config_path.endswith(".gguf"):  # a large file: its sampled digest stands for its metadata
-            from ..sources.base import sample_digest
+            from ..files import sample_digest
 
             digest = sample_digest(config_path)
         else:

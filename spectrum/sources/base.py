@@ -46,26 +46,6 @@ def local_shard(path: str, name: str) -> ShardInfo:
     return ShardInfo(name, status.st_size, os.path.abspath(path), status.st_mtime_ns)
 
 
-_SAMPLE_BYTES = 1 << 20  # per window
-
-
-def sample_digest(path: str, windows: int = 5) -> str:
-    """SHA-256 of a file's size and `windows` evenly spaced 1 MiB windows (the first holds the header,
-    the last the end): what tells a shard rewritten with new weights of the same shapes from the one
-    that was scanned, reading a few MiB instead of the whole file."""
-    import hashlib
-
-    size = os.path.getsize(path)
-    digest = hashlib.sha256(str(size).encode("ascii"))
-    last = max(size - _SAMPLE_BYTES, 0)
-    offsets = sorted({last * index // max(windows - 1, 1) for index in range(windows)})
-    with open(path, "rb") as handle:
-        for offset in offsets:
-            handle.seek(offset)
-            digest.update(handle.read(_SAMPLE_BYTES))
-    return digest.hexdigest()
-
-
 @dataclass
 class SourceDescription:
     """Provenance of a source, for the sidecar file."""
