@@ -5,9 +5,10 @@ matrices with the highest SNR. This package scores every matrix of a checkpoint,
 shard, and writes the list of modules to unfreeze.
 
 This module is the public API and nothing else; no module of the package imports it. The code
-lives in five rooms: `sources` (weights in), `scan` (weights -> scores), `cache` (scores on
+lives in five rooms: `sources` (weights in), `scoring` (weights -> scores), `cache` (scores on
 disk), `selection` (scores -> what to train) and `report` (what a person sees), joined by
-`workflow`, which the command line (`cli`) and this API share.
+`workflow`, which the command line (`cli`) and this API share, and for a model in memory by
+`training` (live scans, freeze, learning rates by SNR) and `callback` (rescanning while training).
 """
 
 from ._version import __version__
@@ -31,7 +32,10 @@ _LAZY = {
     "ModuleScore": "scores",
     "Scores": "scores",
     "Unfrozen": "selection.freeze",
-    "freeze": "selection.freeze",
+    "freeze": "training",
+    "scan_model": "training",
+    "param_groups": "training",
+    "SpectrumCallback": "callback",
     "lora_targets": "workflow",
     "write_report": "report.html",
     "TypeSummary": "report.summary",
@@ -75,16 +79,21 @@ if TYPE_CHECKING:
     from .scoring.snr import score_from_singular_values, scores_from_singular_values
     from .scores import THRESHOLDS
     from .scores import ModuleScore, Scores
-    from .selection.freeze import Unfrozen, freeze
+    from .callback import SpectrumCallback
+    from .selection.freeze import Unfrozen
+    from .training import freeze, param_groups, scan_model
     from .workflow import lora_targets
 
 __all__ = [
     "__version__",
     "scan",
+    "scan_model",
     "load_scores",
     "freeze",
     "Unfrozen",
     "lora_targets",
+    "param_groups",
+    "SpectrumCallback",
     "write_report",
     "summarize",
     "TypeSummary",

@@ -139,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lora", action="store_true",
                         help="write LoRA/QLoRA targets instead: Axolotl's lora_target_modules (and "
                         "lora_target_parameters for fused MoE experts), in snr_results_<slug>_lora_<K>percent.yaml")
+    parser.add_argument("--lr-groups", type=float, metavar="LR",
+                        help="experimental: also write Axolotl's lr_groups (base learning rate LR, the best module of "
+                        "each type at LR * --lr-boost) in snr_results_<slug>_lrgroups_<K>percent.yaml")
+    parser.add_argument("--lr-boost", type=float, default=2.0, metavar="B",
+                        help="with --lr-groups: the factor of each type's best module (default: 2.0)")
     parser.add_argument("--format", choices=("yaml", "regex"), default="yaml",
                         help="yaml (default), or regex: the selection as one anchored regular expression "
                         "(parameter names; with --lora, module names for PEFT's string target_modules)")
@@ -270,7 +275,7 @@ def scan_options(args: argparse.Namespace, model: str, top_percent: Fraction) ->
         threads=args.threads, keep_shards=args.keep_shards, threshold=args.threshold, cache_dir=args.cache_dir,
         name=args.name, rescan=args.rescan, top_percent=top_percent, group_experts=args.group_experts,
         embeddings=not args.no_embeddings, check=args.check, lora=args.lora, regex=args.format == "regex",
-        output=args.output,
+        output=args.output, lr_groups=args.lr_groups, lr_boost=args.lr_boost,
     )
 
 
@@ -356,6 +361,10 @@ def _check_flags(args: argparse.Namespace, models: list[str]) -> None:
         raise UsageError("--json and --output - both write to stdout; give --output a file path, or drop --json")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.device):
         raise UsageError(f"--device {args.device!r} is not a device; use auto, cpu, cuda or cuda:N")
+    if args.lr_groups is not None:
+        from .selection.lr_groups import check_lr
+
+        check_lr(args.lr_groups, args.lr_boost)
     if len(models) == 1:
         check_revision(models[0], args.revision)
     if len(models) > 1:

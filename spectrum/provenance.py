@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable
 
+LIVE_KIND = "live"  # the source kind of a live scan (spectrum.sources.module.LIVE_KIND)
 DEFAULT_THRESHOLD = "marchenko-pastur"  # the reference's signal/noise split; what a sidecar without "threshold" means
 FORMAT = 1  # the sidecar layout this module reads and writes; see `Provenance.format`
 
@@ -322,6 +323,12 @@ class Provenance:
         if "threshold" in self.verbatim:
             return False
         return (DEFAULT_THRESHOLD if self.threshold is None else self.threshold) == threshold
+
+    @property
+    def is_live(self) -> bool:
+        """Whether the scores come from a scan of a model in memory (`spectrum.scan_model`): they are
+        named after its own parameters, not a checkpoint's tensors."""
+        return self.source is not None and self.source.kind == LIVE_KIND
 
     @property
     def threshold_used(self) -> str:

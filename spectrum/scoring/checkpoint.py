@@ -342,7 +342,7 @@ def scan_source(
                           for name, entry in inventory.types().items()},
         embeddings=Embeddings(inventory.embeddings.get("input"), inventory.embeddings.get("output")),
         left_out=dict(sorted(left_out.items())) or None,
-        fused_tensors=tuple(_fused_tensors(chosen)) or None,
+        fused_tensors=tuple(fused_tensor_names(chosen)) or None,
     )
     return ordered, provenance
 
@@ -368,7 +368,7 @@ def _warn_without_scales(infos: list[TensorInfo]) -> None:
                 "/".join(sorted({info.dtype for info in infos})), FP8_SCALE_SUFFIX)
 
 
-def _fused_tensors(matrices: list[Matrix]) -> list[str]:
+def fused_tensor_names(matrices: list[Matrix]) -> list[str]:
     """The stored 3-D expert tensors (module names) whose experts were scored one by one: the YAML
     names those tensors, which are what exists, also when no view of the trainer's model is at hand."""
     return sorted({without_expert_index(matrix.module) for matrix in matrices if matrix.expert is not None})

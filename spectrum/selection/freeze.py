@@ -16,7 +16,7 @@ from typing import Union
 
 from ..scores import Scores
 from .topk import NameIndex, entry_for, format_percent, parse_top_percent, smallest_percent_keeping_one
-from .model_view import TrainerView, axolotl_pattern, view_of_model
+from .model_view import TrainerView, axolotl_pattern, live_view, view_of_model
 
 Selection = Union[Scores, str, "os.PathLike[str]", dict, Iterable[str]]
 
@@ -59,37 +59,8 @@ class Unfrozen:
 
 def freeze(model, selection: Selection, top_percent: float | str | None = None, *, embeddings: bool = True,
            group_experts: bool = False) -> Unfrozen:
-    """Freeze every parameter of `model` except those the selection unfreezes; returns what stays trainable.
-
-    Args:
-        model: a `torch.nn.Module` (e.g. a transformers `PreTrainedModel`).
-        selection: one of
-            - `Scores` (from `spectrum.scan` or `spectrum.load_scores`), with `top_percent`;
-            - with `top_percent`, a model id or path, or a scores-file path (see `spectrum.load_scores`);
-            - a YAML file path, YAML text, or a parsed dict with `unfrozen_parameters:` (spectrum's output,
-              or an Axolotl config), or a list of entries.
-        top_percent: K in (0, 100] when `selection` is scores; must be None otherwise.
-        embeddings: with scores, also unfreeze the input embeddings and the output head (as the YAML does).
-        group_experts: with scores, rank all experts of one MoE projection together.
-
-    With scores, a selected name that is a prefix of another parameter's (`mlp.up` beside `mlp.up_proj`)
-    is anchored so that it unfreezes its own module only (`spectrum.selection.topk.entry_for`). A selection that
-    keeps no module, or leaves no parameter trainable, is named in a `UserWarning`.
-
-    Returns:
-        `Unfrozen`: the trainable names, counts and parameter totals, and the entries that matched nothing.
-
-    Raises:
-        ValueError: a selection that is neither, scores without `top_percent` or entries with it, or an
-            entry using Axolotl's `[start:end]` row ranges (not supported here).
-
-    Example:
-        ```python
-        model = AutoModelForCausalLM.from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")
-        result = spectrum.freeze(model, "HuggingFaceTB/SmolLM2-135M-Instruct", top_percent=25)
-        print(result)  # 74 of 272 parameter tensors trainable, ...
-        ```
-    """
+    """Freeze every parameter of `model` except those `selection` unfreezes: `spectrum.freeze` (which also
+    takes no selection, and documents the arguments) once the selection is at hand."""
     patterns = entries_for(model, selection, top_percent, embeddings=embeddings, group_experts=group_experts)
     compiled = []
     for entry in patterns:
@@ -111,7 +82,7 @@ def freeze(model, selection: Selection, top_percent: float | str | None = None, 
             trainable += parameter.numel()
     if total and not names:
         warnings.warn(f"no parameter of {type(model).__name__} stays trainable: every one is frozen, and the model "
-                      "will not train; select more (a larger top_percent) or check the entries", UserWarning, stacklevel=2)
+                      "will not train; select more (a larger top_percent) or check the entries", UserWarning, stacklevel=3)
     unmatched = tuple(entry for entry, hit in zip(patterns, matched) if not hit)
     if unmatched:
         shown = ", ".join(unmatched[:5]) + (f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else "")
@@ -119,7 +90,7 @@ def freeze(model, selection: Selection, top_percent: float | str | None = None, 
             f"{len(unmatched)} of {len(patterns)} entries matched no parameter of {type(model).__name__} ({shown}); "
             "compare them with model.named_parameters() names",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     return Unfrozen(tuple(names), len(names), tensors, trainable, total, tuple(patterns), unmatched)
 
@@ -142,7 +113,7 @@ def entries_for(model, selection: Selection, top_percent, *, embeddings: bool, g
             warnings.warn(f"top {format_percent(percent)}% selects no module of any type, so "
                           + ("only the embeddings stay" if embeddings else "nothing stays") + " trainable; top_percent="
                           f"{format_percent(smallest_percent_keeping_one(min(counts.values())))} keeps one of every type",
-                          UserWarning, stacklevel=3)
+                          UserWarning, stacklevel=4)
         return (selection.embedding_patterns(view) if embeddings else []) + entries
     if top_percent is not None:
         raise ValueError("top_percent applies to scores only; a YAML or a list of entries is used as it is")
@@ -182,6 +153,7 @@ def trainer_view(model, scores: Scores) -> TrainerView | None:
     """The scores' checkpoint names restated as this model's parameters, with transformers' conversion mapping.
 
     None (names taken as stored) for a model transformers did not build, or an older transformers.
+    Scores of a live scan already bear the model's names: its own parameters are the view.
     """
     try:
         from transformers import PreTrainedModel
@@ -190,4 +162,6 @@ def trainer_view(model, scores: Scores) -> TrainerView | None:
         return None
     if not isinstance(model, PreTrainedModel):
         return None
+    if scores.provenance.is_live:
+        return live_view(model)
     return view_of_model(model, [module + ".weight" for module in scores.entries])

@@ -442,6 +442,17 @@ def _split_targets(target: str, source_pattern: str, converters) -> tuple[str, .
     return None
 
 
+def live_view(model) -> TrainerView:
+    """A model's own parameters as the view for scores of a live scan (`spectrum.scan_model`), which already
+    bear these names: nothing renamed, the 3-D parameters under an `experts` module fused, and the
+    embeddings the model's own getters return."""
+    parameters = {name: tuple(parameter.shape) for name, parameter in model.named_parameters()}
+    fused = {name for name, shape in parameters.items() if len(shape) == 3 and "experts" in name.split(".")[:-1]}
+    embeddings = (_embedding_parameter(model, "get_input_embeddings", parameters),
+                  _embedding_parameter(model, "get_output_embeddings", parameters))
+    return TrainerView(type(model).__name__, parameters, fused=fused, embeddings=embeddings)
+
+
 def _embedding_parameter(model, getter: str, parameters: dict) -> str | None:
     """The weight of the module `model.<getter>()` returns, by its parameter name; None when there is
     none, or when it is not a parameter of its own (a head tied to the input embeddings)."""
