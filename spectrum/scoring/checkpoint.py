@@ -13,7 +13,7 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
 from .._version import __version__
@@ -175,6 +175,58 @@ def scan_source(
     """
     started = time.perf_counter()
     inventory = take_inventory(source.tensors())
+    chosen = _chosen_matrices(inventory, type_filter)
+    mine = share(chosen) if share else chosen
+    route = _Route.choose(source, mine, method, device, threads, batch_bytes)
+    description = source.describe()  # before any weight is read: what the scores will be of
+    shard_states = {shard.name: state for shard in description.shards if (state := _ShardState.take(shard))}
+    known = journal.begin(description, route.method) if journal else {}
+    resumed = {m.module: ModuleScore(known[m.module].snr, m.type) for m in mine if m.module in known}
+    shards, by_shard = _unread_by_shard(source, [m for m in mine if m.module not in resumed])
+    reader = Reader(functools.partial(_read_matrices, source, shards, by_shard, route.host), depth=route.workers + 1)
+    collected = _Collected(dict(resumed), len(mine), reader, journal, on_progress)
+    try:
+        _score_all(route, reader, threshold, collected)
+    finally:
+        reader.stop()  # after a failure too: no read goes on while the caller closes the source
+    _check_unchanged(description, shard_states)
+    ordered = dict(sorted(collected.results.items(), key=lambda item: (item[1].type, natural_key(item[0]))))
+    after = {shard.name: shard for shard in source.describe().shards}  # Hub shard sizes are known once downloaded
+    shards = [after.get(shard.name, shard) if shard.path is None else shard for shard in description.shards]
+    provenance = Provenance(
+        tool="spectrum",
+        version=__version__,
+        source=SourceRecord(
+            kind=description.kind,
+            location=description.location,
+            revision=description.revision,
+            shards=tuple(_shard_record(shard, shard_states.get(shard.name)) for shard in shards),
+            stored_types=description.stored_types or None,
+        ),
+        dtypes=tuple(sorted({matrix.info.dtype for matrix in chosen})),
+        method=route.method,
+        threshold=threshold,
+        device=str(route.device),
+        workers=route.workers,
+        seconds=round(time.perf_counter() - started, 3),
+        bytes_read=reader.bytes_read,
+        resumed=len(resumed) or None,
+        checkpoint_types={name: TypeRecord(entry["count"], tuple(map(tuple, entry["shapes"])), entry["layered"])
+                          for name, entry in inventory.types().items()},
+        embeddings=Embeddings(inventory.embeddings.get("input"), inventory.embeddings.get("output")),
+        left_out=dict(sorted(collected.left_out.items())) or None,
+        fused_tensors=tuple(fused_tensor_names(chosen)) or None,
+    )
+    return ordered, provenance
+
+
+def _chosen_matrices(inventory: Inventory, type_filter: TypeFilter | None) -> list[Matrix]:
+    """The matrices of the wanted types (default: those inside numbered layers); what is left out and why is said.
+
+    Raises:
+        UnsupportedFormatError: every wanted matrix is FP8 without its scale tensors.
+        NoMatrixError: no matrix is of a wanted type.
+    """
     wanted = type_filter or default_type_filter(inventory)
     chosen = [matrix for matrix in inventory.matrices if wanted(matrix.type)]
     without_scales = [info for info in inventory.unsupported if _wanted_unsupported(info, type_filter)]
@@ -196,155 +248,168 @@ def scan_source(
     for info in inventory.unsplit:
         LOG.warning("%s is a 3-D tensor %s outside an `experts` module, which spectrum does not split into matrices; "
                     "left out", info.name, list(info.shape))
-    mine = share(chosen) if share else chosen
-    concrete_method = resolve_method(method)
-    host = _host_route(source, mine, device, concrete_method)
-    if host:
-        compute_device = "cpu"
-    else:
-        import torch
+    return chosen
 
-        from .svd_torch import resolve_device, singular_values
 
-        compute_device = resolve_device(device)
-    description = source.describe()  # before any weight is read: what the scores will be of
-    shard_states = {shard.name: state for shard in description.shards if (state := _ShardState.take(shard))}
-    known = journal.begin(description, concrete_method) if journal else {}
-    resumed = {m.module: ModuleScore(known[m.module].snr, m.type) for m in mine if m.module in known}
-    workers = capped_workers(threads)
-    default_batch, pending_bytes, workers = (0, 0, workers) if host else _budgets(compute_device, workers)
-    if batch_bytes is None:
-        batch_bytes = default_batch
-    else:
-        pending_bytes = max(pending_bytes, 2 * batch_bytes)
+@dataclass(frozen=True)
+class _Route:
+    """How a scan computes: on the host with NumPy (`host`), or with torch on `device`; its workers and
+    batch budgets (batch bytes 0: one matrix a batch)."""
 
+    host: bool
+    method: str  # as resolved: "gram" or "svd"
+    device: "torch.device | str"
+    workers: int
+    batch_bytes: int
+    pending_bytes: int
+
+    @classmethod
+    def choose(cls, source: TensorSource, matrices: list[Matrix], method: str, device: str, threads: int | None,
+               batch_bytes: int | None) -> "_Route":
+        concrete_method = resolve_method(method)
+        host = _host_route(source, matrices, device, concrete_method)
+        if host:
+            compute_device = "cpu"
+        else:
+            from .svd_torch import resolve_device
+
+            compute_device = resolve_device(device)
+        workers = capped_workers(threads)
+        default_batch, pending_bytes, workers = (0, 0, workers) if host else _budgets(compute_device, workers)
+        if batch_bytes is None:
+            batch_bytes = default_batch
+        else:
+            pending_bytes = max(pending_bytes, 2 * batch_bytes)
+        return cls(host, concrete_method, compute_device, workers, batch_bytes, pending_bytes)
+
+
+def _unread_by_shard(source: TensorSource, matrices: list[Matrix]) -> tuple[list[str], dict[str, dict[str, list[Matrix]]]]:
+    """The shards to read, in the source's order, and in each the matrices of every stored tensor (a fused
+    expert tensor holds several): the matrices a journal did not already score."""
     by_shard: dict[str, dict[str, list[Matrix]]] = {}  # shard -> tensor name -> its matrices
-    for matrix in mine:
-        if matrix.module in resumed:
-            continue  # scored before an interruption: not read again
+    for matrix in matrices:
         by_shard.setdefault(matrix.info.shard, {}).setdefault(matrix.info.name, []).append(matrix)
-    shards = [shard for shard in source.shard_order() if shard in by_shard]
+    return [shard for shard in source.shard_order() if shard in by_shard], by_shard
 
-    def produce():
-        for position, shard in enumerate(shards):
-            source.prefetch(shard)  # queued first: the shard needed now
-            if position + 1 < len(shards):
-                source.prefetch(shards[position + 1])  # downloads while this one is scanned
-            wanted_here = by_shard[shard]
-            read = source.read_arrays if host else source.read
-            for info, tensor in read(shard, [group[0].info for group in wanted_here.values()]):
-                for matrix in wanted_here[info.name]:
-                    yield matrix, (tensor if matrix.expert is None else tensor[matrix.expert])
-            source.release(shard)
 
-    def compute_host(batch: list[Item]) -> list[tuple[Matrix, float | None]]:
-        """Scores of one batch of NumPy arrays, one matrix at a time; None for a matrix with NaN or infinite entries."""
-        scored = []
-        for item in batch:
-            values = host_singular_values(item.tensor)
-            rows, cols = item.key.shape
-            score = None if values is None else float(
-                scores_from_singular_values(values[None, :], rows, cols, threshold=threshold)[0]
-            )
-            scored.append((item.key, score))
-        return scored
+def _read_matrices(source: TensorSource, shards: list[str], by_shard: dict[str, dict[str, list[Matrix]]], host: bool):
+    """(matrix, its array or tensor), shard by shard, each stored tensor read once (a fused expert tensor
+    yields each expert); the next shard is prefetched while this one is read."""
+    read = source.read_arrays if host else source.read
+    for position, shard in enumerate(shards):
+        source.prefetch(shard)  # queued first: the shard needed now
+        if position + 1 < len(shards):
+            source.prefetch(shards[position + 1])  # downloads while this one is scanned
+        wanted_here = by_shard[shard]
+        for info, tensor in read(shard, [group[0].info for group in wanted_here.values()]):
+            for matrix in wanted_here[info.name]:
+                yield matrix, (tensor if matrix.expert is None else tensor[matrix.expert])
+        source.release(shard)
 
-    def compute(batch: list[Item]) -> list[tuple[Matrix, float | None]]:
-        """Scores of one batch of torch tensors; None for a matrix with NaN or infinite entries."""
-        stack = batch[0].tensor.unsqueeze(0) if len(batch) == 1 else torch.stack([item.tensor for item in batch])
-        with _worker_stream_context():  # this worker's own CUDA stream, if the scan uses several
-            stack = stack.to(compute_device)  # (N, m, n) as stored
-            finite = torch.isfinite(stack).flatten(1).all(dim=1)  # (N,)
-            flags = finite.tolist()  # waits for this stream only
-            scores = iter(())
-            if any(flags):
-                rows, cols = batch[0].key.shape
-                values = singular_values(stack[finite], method=concrete_method, device=compute_device)
-                scores = iter(scores_from_singular_values(values, rows, cols, threshold=threshold).tolist())
-        return [(item.key, next(scores) if ok else None) for item, ok in zip(batch, flags)]
 
-    results: dict[str, ModuleScore] = dict(resumed)
-    left_out: dict[str, LeftOut] = {}  # module -> its type and why it has no score, for the sidecar
-    done = len(resumed)
-    reader = Reader(produce, depth=workers + 1)
+def _score_on_host(batch: list[Item], threshold: str) -> list[tuple[Matrix, float | None]]:
+    """Scores of one batch of NumPy arrays, one matrix at a time; None for a matrix with NaN or infinite entries."""
+    scored = []
+    for item in batch:
+        values = host_singular_values(item.tensor)
+        rows, cols = item.key.shape
+        score = None if values is None else float(
+            scores_from_singular_values(values[None, :], rows, cols, threshold=threshold)[0]
+        )
+        scored.append((item.key, score))
+    return scored
 
-    def on_results(batch_results: list[tuple[Matrix, float | None]]) -> None:
-        nonlocal done
+
+def _score_with_torch(batch: list[Item], route: _Route, threshold: str) -> list[tuple[Matrix, float | None]]:
+    """Scores of one batch of torch tensors; None for a matrix with NaN or infinite entries."""
+    import torch
+
+    from .svd_torch import singular_values
+
+    stack = batch[0].tensor.unsqueeze(0) if len(batch) == 1 else torch.stack([item.tensor for item in batch])
+    with _worker_stream_context():  # this worker's own CUDA stream, if the scan uses several
+        stack = stack.to(route.device)  # (N, m, n) as stored
+        finite = torch.isfinite(stack).flatten(1).all(dim=1)  # (N,)
+        flags = finite.tolist()  # waits for this stream only
+        scores = iter(())
+        if any(flags):
+            rows, cols = batch[0].key.shape
+            values = singular_values(stack[finite], method=route.method, device=route.device)
+            scores = iter(scores_from_singular_values(values, rows, cols, threshold=threshold).tolist())
+    return [(item.key, next(scores) if ok else None) for item, ok in zip(batch, flags)]
+
+
+@dataclass
+class _Collected:
+    """The scores as they arrive (in the scanning thread): kept, journalled, counted for the progress;
+    a matrix without a finite score is left out with its reason."""
+
+    results: dict[str, ModuleScore]  # starts with those resumed from a journal
+    total: int
+    reader: Reader
+    journal: Journal | None
+    on_progress: ProgressCallback | None
+    left_out: dict[str, LeftOut] = field(default_factory=dict)  # module -> its type and why it has no score
+
+    def __post_init__(self) -> None:
+        self.done = len(self.results)
+
+    def add(self, batch_results: list[tuple[Matrix, float | None]]) -> None:
         for matrix, score in batch_results:
-            if score is None or not math.isfinite(score):
-                reason = "nan_or_inf_entries" if score is None else ("score_overflow" if math.isinf(score)
-                                                                      else "singular_values_overflow")
-                left_out[matrix.module] = LeftOut(matrix.type, reason)
+            if score is not None and math.isfinite(score):
+                self.results[matrix.module] = ModuleScore(score, matrix.type)
+                if self.journal:
+                    self.journal.record(matrix.module, self.results[matrix.module])
+                continue
             if score is None:
+                reason = "nan_or_inf_entries"
                 LOG.warning("%s has NaN or infinite entries; left out of the scores", matrix.info.name)
             elif math.isinf(score):  # finite singular values, but signal / noise / largest overflows
+                reason = "score_overflow"
                 LOG.warning("%s has a score beyond float64's range (its singular values are so small that dividing "
                             "by the largest overflows); left out of the scores", matrix.info.name)
-            elif not math.isfinite(score):
-                LOG.warning("%s has singular values beyond float64's range; left out of the scores", matrix.info.name)
             else:
-                results[matrix.module] = ModuleScore(score, matrix.type)
-                if journal:
-                    journal.record(matrix.module, results[matrix.module])
-        done += len(batch_results)
-        if on_progress:
-            on_progress(done, len(mine), reader.bytes_read)
+                reason = "singular_values_overflow"
+                LOG.warning("%s has singular values beyond float64's range; left out of the scores", matrix.info.name)
+            self.left_out[matrix.module] = LeftOut(matrix.type, reason)
+        self.done += len(batch_results)
+        self.report(self.reader.bytes_read)
 
-    # Batches hold matrices of one shape, whatever their type: all experts of a layer (each its own
-    # type, as the reference names them) go to the GPU together.
+    def report(self, bytes_read: int) -> None:
+        if self.on_progress:
+            self.on_progress(self.done, self.total, bytes_read)
+
+
+def _score_all(route: _Route, reader: Reader, threshold: str, collected: _Collected) -> None:
+    """Score every matrix the reader yields, in batches of one shape (whatever their type: all experts of a
+    layer go to the GPU together), one single-threaded worker per core on CPU."""
     items = ((item.key.shape, item) for item in reader)
-    if on_progress:
-        on_progress(done, len(mine), 0)
+    collected.report(0)
     limits = contextlib.nullcontext()
     worker_setup = keep_gram_buffers
-    if not host and compute_device.type == "cuda" and workers > 1:
-        worker_setup = functools.partial(_cuda_worker_setup, compute_device)  # one stream per worker
-    torch_threads = None  # torch's thread count to restore
-    if host:
+    if route.host:
+        compute = functools.partial(_score_on_host, threshold=threshold)
         limits = cpu_threads_limited()  # one single-threaded OpenBLAS worker per core
-    elif compute_device.type == "cpu":
+    else:
+        compute = functools.partial(_score_with_torch, route=route, threshold=threshold)
+        if route.device.type == "cuda" and route.workers > 1:
+            worker_setup = functools.partial(_cuda_worker_setup, route.device)  # one stream per worker
+    torch_threads = None  # torch's thread count to restore
+    if not route.host and route.device.type == "cpu":
+        import torch
+
         torch_threads = torch.get_num_threads()
         torch.set_num_threads(1)  # one single-threaded worker per core
         limits = cpu_threads_limited()  # NumPy's OpenBLAS too
     try:
         with limits:
-            run_batches(items, Batcher(batch_bytes=batch_bytes, pending_bytes=pending_bytes),
-                        compute_host if host else compute, workers=workers, on_results=on_results,
-                        worker_setup=worker_setup)
+            run_batches(items, Batcher(batch_bytes=route.batch_bytes, pending_bytes=route.pending_bytes), compute,
+                        workers=route.workers, on_results=collected.add, worker_setup=worker_setup)
     finally:
-        reader.stop()  # after a failure too: no read goes on while the caller closes the source
         if torch_threads is not None:
-            torch.set_num_threads(torch_threads)
+            import torch
 
-    _check_unchanged(description, shard_states)
-    ordered = dict(sorted(results.items(), key=lambda item: (item[1].type, natural_key(item[0]))))
-    after = {shard.name: shard for shard in source.describe().shards}  # Hub shard sizes are known once downloaded
-    shards = [after.get(shard.name, shard) if shard.path is None else shard for shard in description.shards]
-    provenance = Provenance(
-        tool="spectrum",
-        version=__version__,
-        source=SourceRecord(
-            kind=description.kind,
-            location=description.location,
-            revision=description.revision,
-            shards=tuple(_shard_record(shard, shard_states.get(shard.name)) for shard in shards),
-            stored_types=description.stored_types or None,
-        ),
-        dtypes=tuple(sorted({matrix.info.dtype for matrix in chosen})),
-        method=concrete_method,
-        threshold=threshold,
-        device=str(compute_device),
-        workers=workers,
-        seconds=round(time.perf_counter() - started, 3),
-        bytes_read=reader.bytes_read,
-        resumed=len(resumed) or None,
-        checkpoint_types={name: TypeRecord(entry["count"], tuple(map(tuple, entry["shapes"])), entry["layered"])
-                          for name, entry in inventory.types().items()},
-        embeddings=Embeddings(inventory.embeddings.get("input"), inventory.embeddings.get("output")),
-        left_out=dict(sorted(left_out.items())) or None,
-        fused_tensors=tuple(fused_tensor_names(chosen)) or None,
-    )
-    return ordered, provenance
+            torch.set_num_threads(torch_threads)
 
 
 def _wanted_unsupported(info: TensorInfo, type_filter: TypeFilter | None) -> bool:
