@@ -172,89 +172,109 @@ def load_or_scan(
         ScanInterrupted: (a KeyboardInterrupt) on Ctrl-C during a scan; says what is saved.
     """
     options = ScanOptions(options, **fields) if isinstance(options, str) else replace(options, **fields)
-    entry = options.entry
-    cache_file = entry.scores
-    world = World.from_env()
-    type_filter = options.wanted
-    total: list[int] = []  # matrices the scan has to score, once it knows
+    entry = _EntryScan(options, World.from_env(), on_progress, on_scan_start)
+    chosen = Plan(wanted=options.wanted)
+    if not options.rescan:
+        chosen = entry.consult()
+        if chosen.reuse is not None:  # no lock needed to read: files are only ever replaced whole
+            return Outcome(chosen.reuse, entry.cache_file, scanned=False)
+    require_model(options.model)  # before a lock file is made for it
+    check_entry_names(entry.cache_file, named=options.name is not None)
+    if entry.world.size > 1:  # the ranks scan together; rank 0 writes (no journal, no lock)
+        return entry.settle(chosen, None)
+    return entry.under_lock()
 
-    def progress(done: int, count: int, nbytes: int) -> None:
-        if not total and on_scan_start:  # the scan's first word: headers checked, weights next
-            on_scan_start()
-        total[:] = [count]
-        if on_progress:
-            on_progress(done, count, nbytes)
 
-    def fresh(wanted: TypeFilter | None, journal: PartialScan | None) -> Scores:
-        from .scoring.checkpoint import scan
+@dataclass
+class _EntryScan:
+    """One `load_or_scan` of a cache entry: what it asks, and the steps it takes."""
 
-        scores = scan(options.model, revision=options.revision, type_filter=wanted, method=options.method,
-                      device=options.device, threads=options.threads, keep_shards=options.keep_shards,
-                      threshold=options.threshold, on_progress=progress, journal=journal)
-        if options.name:  # the name stands for the model everywhere (YAML header, sidecar); source.location keeps the path
-            scores.provenance = scores.provenance.updated(model=options.name, name=options.name)
-            scores.model = options.name
-        return scores
+    options: ScanOptions
+    world: World
+    on_progress: ProgressCallback | None
+    on_scan_start: Callable[[], None] | None
+    total: list[int] = field(default_factory=list)  # matrices the scan has to score, once it knows
 
-    def settle(chosen: Plan, journal: PartialScan | None) -> Outcome:
-        if chosen.reuse is not None:
-            return Outcome(chosen.reuse, cache_file, scanned=False)
-        try:
-            scores = fresh(chosen.wanted, journal)
-        except NoMatrixError as err:
-            if chosen.keep is None:
-                raise
-            raise SpectrumError(f"{cache_file}: its sidecar lists module types this checkpoint does not hold "
-                                "(was it edited?); rerun with --rescan to scan the model afresh") from err
-        if chosen.keep is not None:
-            scores = merge(chosen.keep, scores)
-        if world.is_main:
-            write_scores(cache_file, scores)
-        return Outcome(scores, cache_file, scanned=True)
+    @property
+    def cache_file(self) -> str:
+        return self.options.entry.scores
 
-    def consult() -> Plan:
-        found = plan(cache_file, options.model, revision=options.revision, type_filter=type_filter,
+    def consult(self) -> Plan:
+        """What the cache offers for this request (under --name, cached scores are named by it)."""
+        options = self.options
+        found = plan(self.cache_file, options.model, revision=options.revision, type_filter=options.wanted,
                      threshold=options.threshold)
         for cached in (found.reuse, found.keep):
             if cached is not None and options.name:
                 cached.model = options.name
         return found
 
-    if not options.rescan:
-        chosen = consult()
-        if chosen.reuse is not None:  # no lock needed to read: files are only ever replaced whole
-            return Outcome(chosen.reuse, cache_file, scanned=False)
-    require_model(options.model)  # before a lock file is made for it
-    check_entry_names(cache_file, named=options.name is not None)
-    if world.size > 1:  # the ranks scan together; rank 0 writes (no journal, no lock)
-        return settle(Plan(wanted=type_filter) if options.rescan else chosen, None)
+    def under_lock(self) -> Outcome:
+        """Consult the cache again under the entry's lock (another process may have written it meanwhile),
+        then scan with a journal that an interrupted scan resumes from."""
+        options, cache_file = self.options, self.cache_file
+        before = identity(cache_file)
+        with EntryLock(options.entry.lock, on_wait=lambda pid: report_wait(cache_file, pid)):
+            chosen = Plan(wanted=options.wanted)
+            if not options.rescan or identity(cache_file) != before:
+                chosen = self.consult()
+                if chosen.stale:
+                    LOG.warning("%s: cached scores are out of date (%s); scanning again", cache_file, chosen.stale)
+            if chosen.reuse is not None:
+                return Outcome(chosen.reuse, cache_file, scanned=False)
+            for leftover in remove_stale_temporaries(cache_file, (PARTIAL_SUFFIX,)):
+                LOG.info("removed %s, left by a writer that was killed", leftover)
+            journal = PartialScan(options.entry.partial, context={"threshold": options.threshold})
+            try:
+                outcome = self.settle(chosen, journal)
+            except KeyboardInterrupt as err:
+                keep_or_discard(journal)
+                raise ScanInterrupted(journal.saved, self.total[0] if self.total else None, journal.path) from err
+            except WeightsChangedError:
+                journal.discard()  # its scores may be of the weights before the change, or of both
+                raise
+            except BaseException:
+                keep_or_discard(journal)
+                raise
+            journal.discard()  # its scores are in the scores file now
+            return outcome
 
-    before = identity(cache_file)
-    with EntryLock(entry.lock, on_wait=lambda pid: report_wait(cache_file, pid)):
-        if not options.rescan or identity(cache_file) != before:
-            chosen = consult()  # another process may have written the entry in the meantime
-            if chosen.stale:
-                LOG.warning("%s: cached scores are out of date (%s); scanning again", cache_file, chosen.stale)
-        else:
-            chosen = Plan(wanted=type_filter)
+    def settle(self, chosen: Plan, journal: PartialScan | None) -> Outcome:
+        """The plan carried out: the cached scores, or a scan (of the missing types, merged with the kept ones)
+        written to the cache by rank 0."""
         if chosen.reuse is not None:
-            return Outcome(chosen.reuse, cache_file, scanned=False)
-        for leftover in remove_stale_temporaries(cache_file, (PARTIAL_SUFFIX,)):
-            LOG.info("removed %s, left by a writer that was killed", leftover)
-        journal = PartialScan(entry.partial, context={"threshold": options.threshold})
+            return Outcome(chosen.reuse, self.cache_file, scanned=False)
         try:
-            outcome = settle(chosen, journal)
-        except KeyboardInterrupt as err:
-            keep_or_discard(journal)
-            raise ScanInterrupted(journal.saved, total[0] if total else None, journal.path) from err
-        except WeightsChangedError:
-            journal.discard()  # its scores may be of the weights before the change, or of both
-            raise
-        except BaseException:
-            keep_or_discard(journal)
-            raise
-        journal.discard()  # its scores are in the scores file now
-        return outcome
+            scores = self.scan(chosen.wanted, journal)
+        except NoMatrixError as err:
+            if chosen.keep is None:
+                raise
+            raise SpectrumError(f"{self.cache_file}: its sidecar lists module types this checkpoint does not hold "
+                                "(was it edited?); rerun with --rescan to scan the model afresh") from err
+        if chosen.keep is not None:
+            scores = merge(chosen.keep, scores)
+        if self.world.is_main:
+            write_scores(self.cache_file, scores)
+        return Outcome(scores, self.cache_file, scanned=True)
+
+    def scan(self, wanted: TypeFilter | None, journal: PartialScan | None) -> Scores:
+        from .scoring.checkpoint import scan
+
+        options = self.options
+        scores = scan(options.model, revision=options.revision, type_filter=wanted, method=options.method,
+                      device=options.device, threads=options.threads, keep_shards=options.keep_shards,
+                      threshold=options.threshold, on_progress=self.progress, journal=journal)
+        if options.name:  # the name stands for the model everywhere (YAML header, sidecar); source.location keeps the path
+            scores.provenance = scores.provenance.updated(model=options.name, name=options.name)
+            scores.model = options.name
+        return scores
+
+    def progress(self, done: int, count: int, nbytes: int) -> None:
+        if not self.total and self.on_scan_start:  # the scan's first word: headers checked, weights next
+            self.on_scan_start()
+        self.total[:] = [count]
+        if self.on_progress:
+            self.on_progress(done, count, nbytes)
 
 
 @dataclass
