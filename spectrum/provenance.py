@@ -325,6 +325,14 @@ class Provenance:
         return (DEFAULT_THRESHOLD if self.threshold is None else self.threshold) == threshold
 
     @property
+    def default_types(self) -> set[str] | None:
+        """The types a scan without `--types` scores: those inside numbered layers (`TypeRecord.layered`, as
+        the inventory marks them); None when the sidecar does not list the checkpoint's types."""
+        if self.checkpoint_types is None:
+            return None
+        return {name for name, record in self.checkpoint_types.items() if record.layered}
+
+    @property
     def is_live(self) -> bool:
         """Whether the scores come from a scan of a model in memory (`spectrum.scan_model`): they are
         named after its own parameters, not a checkpoint's tensors."""

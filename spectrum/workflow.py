@@ -404,11 +404,8 @@ def default_types_of(scores: Scores) -> set[str] | None:
     """The types a run without --types selects: those inside numbered layers, as a scan without --types
     scores them, even when the cache also holds others an earlier `--types` run added. None (every
     cached type) for a file without a sidecar, which cannot tell."""
-    recorded = scores.provenance.checkpoint_types
-    if recorded is None:
-        return None
-    layered = {name for name, entry in recorded.items() if entry.layered}
-    return {type_name for type_name in scores.types() if type_name in layered}
+    layered = scores.provenance.default_types
+    return None if layered is None else {type_name for type_name in scores.types() if type_name in layered}
 
 
 def checkpoint_types(model: str, revision: str | None = None):

@@ -250,7 +250,7 @@ def missing_types(scores: Scores, type_filter: TypeFilter | None) -> set[str] | 
             return set()
         return None
     if type_filter is None:
-        wanted = {name for name, entry in checkpoint_types.items() if entry.layered}
+        wanted = scores.provenance.default_types
     else:
         wanted = {name for name in checkpoint_types if type_filter(name)}
     return wanted - cached
