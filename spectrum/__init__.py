@@ -93,7 +93,7 @@ __all__ = [
     "Unfrozen",
     "lora_targets",
     "param_groups",
-    "SpectrumCallback",
+    # SpectrumCallback is public too, but not here: `from spectrum import *` would import transformers.
     "write_report",
     "summarize",
     "TypeSummary",

@@ -82,19 +82,16 @@ class _MainParser(_Parser):
         return parsed
 
 
-def _cache_parent() -> argparse.ArgumentParser:
-    """--cache-dir, shared by the commands that read or write the cache."""
-    parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, metavar="DIR",
-                        help="folder of the scores files (default: ./model_snr_results, where Axolotl looks)")
-    return parent
+def _add_cache_dir(parser: argparse.ArgumentParser, where: str = "") -> None:
+    """--cache-dir, in the commands that read or write the cache (added in place, not from a parent
+    parser, so that each help lists it where it always has)."""
+    parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, metavar="DIR",
+                        help=f"folder of the scores files (default: ./model_snr_results{where})")
 
 
-def _debug_parent() -> argparse.ArgumentParser:
-    """--debug, shared by every command."""
-    parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("--debug", action="store_true", help="show tracebacks (also SPECTRUM_DEBUG=1)")
-    return parent
+def _add_debug(parser: argparse.ArgumentParser) -> None:
+    """--debug, in every command."""
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (also SPECTRUM_DEBUG=1)")
 
 
 # Usage lines (argparse %-formats usage, not the raw description): the scan and the subcommand.
@@ -110,7 +107,6 @@ def build_parser() -> argparse.ArgumentParser:
         "top K% per module type as an Axolotl `unfrozen_parameters:` list.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[_cache_parent(), _debug_parent()],
     )
     # What to scan
     parser.add_argument("--model", "--model-name", dest="model", action="append", metavar="MODEL",
@@ -148,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="yaml (default), or regex: the selection as one anchored regular expression "
                         "(parameter names; with --lora, module names for PEFT's string target_modules)")
     # Where results go
+    _add_cache_dir(parser, ", where Axolotl looks")
     parser.add_argument("--name", metavar="SLUG_SOURCE",
                         help="name the cache file after this instead of --model (e.g. the Hub id of a local copy)")
     parser.add_argument("--output", metavar="PATH",
@@ -171,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary (failures still show)")
     parser.add_argument("--json", action="store_true",
                         help="print a machine-readable summary on stdout, one JSON object a line per model")
+    _add_debug(parser)
     parser.add_argument("--version", action="version", version=f"spectrum {__version__}")
     return parser
 
@@ -426,17 +424,18 @@ def build_report_parser() -> argparse.ArgumentParser:
         "matplotlib (pip install 'spectrum-snr[plot]', or pip install -e '.[plot]' in a checkout).",
         epilog=REPORT_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[_cache_parent(), _debug_parent()],
     )
     parser.add_argument("model", metavar="MODEL",
                         help="the model id or path (or --name) it was scanned under, or a scores file")
     parser.add_argument("--top-percent", default="50", metavar="K",
                         help="mark the top K%% of each type, 0 < K <= 100 (default: 50)")
     parser.add_argument("--types", nargs="+", metavar="REGEX", help="only the module types matching any REGEX")
+    _add_cache_dir(parser)
     parser.add_argument("--png", metavar="PATH", help="heatmap path (default: snr_results_<slug>_<K>percent.png)")
     parser.add_argument("--html", metavar="PATH", help="HTML path (default: snr_results_<slug>_<K>percent.html)")
     parser.add_argument("--no-html", action="store_true", help="write the heatmap only")
     parser.add_argument("--quiet", action="store_true", help="do not print where the files are")
+    _add_debug(parser)
     return parser
 
 
@@ -494,12 +493,12 @@ def build_verify_parser() -> argparse.ArgumentParser:
         "something other than it says; then what will train.",
         epilog=VERIFY_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[_debug_parent()],
     )
     parser.add_argument("config", metavar="CONFIG", help="an Axolotl config, or a YAML spectrum wrote (with --model)")
     parser.add_argument("--model", metavar="MODEL",
                         help="the model to check against (a folder with config.json, or a cached Hub id) instead of "
                         "the config's base_model")
+    _add_debug(parser)
     return parser
 
 

@@ -114,7 +114,7 @@ class Scores:
         return counts
 
     def parameter_names(self, view: ParameterNames | None = None) -> NameIndex:
-        """The names entries are checked against for prefixes (`select.entry_for`): the trainer's
+        """The names entries are checked against for prefixes (`selection.topk.entry_for`): the trainer's
         parameters with `view`, else the checkpoint's tensors as far as the scores know them (every scored
         matrix, the stored fused expert tensors, the recorded embeddings)."""
         if view is not None:
@@ -127,7 +127,7 @@ class Scores:
 
     def plugin_view(self, view: ParameterNames) -> dict[str, ModuleScore]:
         """The scores as Axolotl's Spectrum plugin should read them for the model `view` describes: keys
-        under the trainer's names, so that the plugin trains what our YAML does (`select.plugin_entries`).
+        under the trainer's names, so that the plugin trains what our YAML does (`selection.topk.plugin_entries`).
         Tensors transformers drops on load (`view.drops`) are left out, as the YAML leaves them out."""
         drops = getattr(view, "drops", None)
         rows = [(module, score.snr, score.type) for module, score in self.entries.items()

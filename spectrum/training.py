@@ -8,11 +8,11 @@ selection, and the progress bar (report). The rescanning callback is in `callbac
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from .cache.entry import DEFAULT_CACHE_DIR
-from .errors import CacheError
+from .cache.entry import DEFAULT_CACHE_DIR, CacheEntry
 from .provenance import DEFAULT_THRESHOLD
 from .scores import Scores
 from .selection.freeze import Selection, Unfrozen
@@ -68,17 +68,15 @@ def scan_model(
 def scores_for(model, *, cache_dir: str | None = None, threads: int | None = None) -> Scores:
     """The scores `freeze(model, top_percent=K)` uses without a selection: those cached for the model's
     `name_or_path` (in `./model_snr_results`, as the command line writes them), else a scan of the live
-    model, which is said once (a warning line)."""
+    model, which is said once (a warning line). A cached file that cannot be read raises `CacheError`.
+    """
     from .cache.lookup import load_scores
     from .sources.module import model_name
 
     name = model_name(model)
     folder = cache_dir or DEFAULT_CACHE_DIR
-    if name != type(model).__name__:
-        try:
-            return load_scores(name, cache_dir=folder)
-        except CacheError:
-            pass
+    if name != type(model).__name__ and os.path.exists(CacheEntry.of(folder, name).scores):
+        return load_scores(name, cache_dir=folder)  # a cache file that cannot be read is an error, not a miss
     LOG.warning("no cached scores for %s in %s; scanning the live model", name, folder)
     return scan_model(model, threads=threads, progress=False)
 

@@ -122,7 +122,6 @@ class ScanOptions:
         return self.output or self.entry.selection_file(self.percent_text, kind=kind,
                                                         suffix=".regex" if self.regex else ".yaml")
 
-
     def lr_groups_file(self) -> str:
         """Where `lr_groups:` are written: beside the selection's default file, whatever `output` says."""
         return self.entry.selection_file(self.percent_text, kind="lrgroups")
@@ -332,8 +331,8 @@ def run(options: ScanOptions, *, on_progress: ProgressCallback | None = None) ->
     scores, cache_file = outcome.scores, outcome.cache_file
     if not World.from_env().is_main:  # under torchrun, rank 0 writes everything
         return None
+    types = types_to_select(scores, options)  # a bad --types fails before config.json is looked for
     config = config_of()
-    types = types_to_select(scores, options)
     view = None
     try:
         view = view_for_check(scores, config=config, model=options.model, check=options.check,
@@ -350,19 +349,22 @@ def run(options: ScanOptions, *, on_progress: ProgressCallback | None = None) ->
         from .selection.lora import selection_text
 
         text = selection_text(
-            scores, options.top_percent, text, config=config, model=options.model, name=options.name or options.model,
+            scores, options.top_percent, text, config=None if config and config.endswith(".gguf") else config,
+            model=options.model, name=options.name or options.model,
             types=types, group_experts=options.group_experts, check=options.check, lora=options.lora,
             regex=options.regex,
         )
-    selection_file = options.selection_file()
-    if selection_file is not None:
-        write_output_text(selection_file, text)
+    lr_groups = None
     if options.lr_groups is not None:  # experimental: beside the selection, for the same modules
         from .selection.lr_groups import lr_groups_text
 
-        write_output_text(options.lr_groups_file(), lr_groups_text(
-            scores, options.top_percent, options.lr_groups, boost=options.lr_boost, view=view, types=types,
-            group_experts=options.group_experts))
+        lr_groups = lr_groups_text(scores, options.top_percent, options.lr_groups, boost=options.lr_boost, view=view,
+                                   types=types, group_experts=options.group_experts)  # a refusal writes no file
+    selection_file = options.selection_file()
+    if selection_file is not None:
+        write_output_text(selection_file, text)
+    if lr_groups is not None:
+        write_output_text(options.lr_groups_file(), lr_groups)
     summaries = summarize(scores, options.top_percent, types=types, group_experts=options.group_experts, as_yaml=True,
                           view=view)
     return RunResult(options, scores, cache_file, outcome.scanned, text, selection_file, summaries,

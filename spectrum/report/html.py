@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from .._version import __version__
-from ..cache.entry import CacheEntry
 from ..cache.scores_file import write_output_bytes
 from .heatmap import heatmap_grid, heatmap_png
 from ..provenance import Provenance
@@ -180,8 +179,3 @@ def _type_section(summary: TypeSummary, percent: str, embeddings: list[str] = ()
         '<table><tr><th class="num">rank</th><th>module</th><th class="num">score</th><th></th></tr>'
         + "".join(rows) + "</table>"
     )
-
-
-def default_report_paths(scores_file: str, top_percent: Fraction) -> tuple[str, str]:
-    """`snr_results_<slug>_<K>percent.png` and `.html` in the current directory."""
-    return CacheEntry(scores_file).report_files(format_percent(top_percent))

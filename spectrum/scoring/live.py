@@ -23,8 +23,9 @@ if TYPE_CHECKING:
 
 
 def compute_device(source: ModelSource, requested: str | None) -> str:
-    """Where a live scan computes: as asked, else where the weights are (their first CUDA device, else the CPU)."""
-    if requested is not None:
+    """Where a live scan computes: as asked, else (None or "auto") where the weights are (their first CUDA
+    device, else the CPU)."""
+    if requested is not None and requested != "auto":
         return requested
     devices = source.devices()
     cuda = [device for device in devices if device.startswith("cuda")]
@@ -56,6 +57,9 @@ def score_model(
     compute_on = compute_device(source, device)
     if len(source.devices()) > 1 and compute_on != "cpu":
         source.compute_device = torch.device(compute_on)
+    for each in source.devices():  # the weights as the last optimizer step left them: a scan reads on its own streams
+        if each.startswith("cuda"):
+            torch.cuda.synchronize(each)
     with torch.no_grad():
         entries, provenance = scan_source(source, type_filter=wanted, method=method, device=compute_on,
                                           threads=threads, threshold=threshold, on_progress=on_progress)

@@ -28,6 +28,7 @@ from fractions import Fraction
 from .._version import __version__
 from ..errors import SpectrumError, UsageError
 from ..scores import Scores
+from ..naming import printable
 from .topk import NameIndex, ParameterNames, belongs_to, entry_for, entry_names, format_percent, parse_top_percent
 
 DEFAULT_BOOST = 2.0
@@ -205,7 +206,7 @@ def lr_groups_text(
     groups = axolotl_lr_groups(scores, percent, lr, boost=boost, view=view, types=types, group_experts=group_experts)
     header = [
         f"# spectrum {__version__}: learning rates by SNR rank (experimental), top {format_percent(percent)}% per type, "
-        f"model {scores.model}",
+        f"model {printable(scores.model)}",
         f"# lr = {lr:g} * factor, factor = boost - (boost - 1) * rank / (kept - 1), boost = {boost:g}; "
         "rank 0 is the best of its type; the embeddings and every other parameter train at learning_rate",
         f"# set learning_rate: {lr:g} and include the unfrozen_parameters YAML of the same top percent",

@@ -78,7 +78,7 @@ def _entry_literal(entry: str) -> tuple[str, bool] | None:
 def overreaching_entries(entries: list[str], parameter_names: list[str]) -> dict[str, list[str]]:
     """Entries that are a plain name but also unfreeze parameters outside it under Axolotl's rule
     (`model.layers.2.mlp.up` matches `model.layers.2.mlp.up_proj.weight`): entry -> those parameters.
-    What an entry owns is what `select.belongs_to` says; real regular expressions are not judged."""
+    What an entry owns is what `selection.topk.belongs_to` says; real regular expressions are not judged."""
     from .topk import NameIndex, belongs_to
 
     index = NameIndex(parameter_names)

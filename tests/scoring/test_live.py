@@ -158,3 +158,21 @@ def test_freeze_without_scores_uses_the_cache_else_scans_once(tmp_path, monkeypa
     assert cached.names == scanned.names and os.path.isdir(tmp_path / "model_snr_results")
     with pytest.raises(ValueError, match="needs top_percent"):
         spectrum.freeze(model)
+    # a cached file that cannot be read is said, not taken for a miss and scanned over
+    [scores_file] = [path for path in (tmp_path / "model_snr_results").glob("snr_results_*.json")
+                     if not path.name.endswith((".meta.json", ".tensors.json"))]
+    scores_file.write_text("{not json")
+    with pytest.raises(spectrum.CacheError):
+        spectrum.freeze(model, top_percent=34)
+
+
+def test_device_auto_is_where_the_weights_are():
+    model = torch.nn.Module()
+    model.layers = torch.nn.ModuleList()
+    for _ in range(2):
+        block = torch.nn.Module()
+        block.up = torch.nn.Linear(24, 16)
+        model.layers.append(block)
+    auto = spectrum.scan_model(model, device="auto", threads=1, progress=False)
+    assert auto.meta["device"] == "cpu" and len(auto.entries) == 2
+    assert auto.entries == spectrum.scan_model(model, threads=1, progress=False).entries

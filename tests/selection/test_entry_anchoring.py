@@ -1,5 +1,5 @@
 """An entry unfreezes its own module only: a name that is a prefix of another parameter's name at a
-non-dot boundary (`mlp.up` / `mlp.up_proj`) is anchored (`select.entry_for`), in the YAML, the plugin's
+non-dot boundary (`mlp.up` / `mlp.up_proj`) is anchored (`selection.topk.entry_for`), in the YAML, the plugin's
 scores file and `spectrum.freeze`; `--check` names an entry that unfreezes another module's parameters."""
 
 from __future__ import annotations

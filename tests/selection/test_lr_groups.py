@@ -102,3 +102,13 @@ def test_bad_rates_say_one_line():
         with pytest.raises(UsageError) as caught:
             lr_groups_text(scores, 50, lr, boost=boost)
         assert "\n" not in str(caught.value)
+
+
+def test_a_model_name_with_a_line_break_stays_in_its_comment():
+    scores = Scores("org/x\nlr_groups: []", {f"model.layers.{i}.mlp.up_proj": ModuleScore(float(i), "mlp.up_proj")
+                                               for i in range(3)})
+    text = lr_groups_text(scores, 100, 1e-5)
+    assert "model org/x\\nlr_groups: []" in text.splitlines()[0]
+    groups = yaml.safe_load(text)["lr_groups"]
+    assert [group["modules"] for group in groups] == [["model.layers.2.mlp.up_proj."], ["model.layers.1.mlp.up_proj."],
+                                                      ["model.layers.0.mlp.up_proj."]]
