@@ -101,24 +101,8 @@ def optimizer_groups(
     group_experts: bool = False,
     weight_decay: float | None = None,
 ) -> list[dict]:
-    """Torch optimizer parameter groups with learning rates by SNR rank (experimental; see the module docstring).
-
-    Each selected module's parameters (weight and bias) get `lr * factor`; the embeddings and output head
-    (with `embeddings`) get `lr`. Parameters outside the selection are in no group: freeze them
-    (`spectrum.freeze(model, scores, top_percent=K)`, the same selection) so that they do not expect training.
-
-    Args:
-        model: the `torch.nn.Module` to train.
-        scores: `spectrum.scan_model(model)`, `spectrum.load_scores(...)` or `spectrum.scan(...)`.
-        lr: the base learning rate (the one the run would use for all of them).
-        top_percent: K, as for `freeze`.
-        boost: the factor of the best module of each type (>= 1).
-        weight_decay: put into every group when given.
-
-    Returns:
-        `[{"params": [...], "lr": ..., "name": "spectrum x1.5"}, ...]`, highest learning rate first; torch
-        optimizers keep the extra `name` key.
-    """
+    """`spectrum.param_groups` (documented there) once the scores are at hand: a group per distinct factor,
+    highest first, each selected module's parameters (weight and bias) at `lr * factor`, the embeddings at `lr`."""
     from .freeze import trainer_view
     from .model_view import axolotl_pattern
 
